@@ -1,0 +1,1 @@
+"""Winnow harness: config, data, training, measurement, tracking around the strategies."""

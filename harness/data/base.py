@@ -1,0 +1,63 @@
+"""The Dataset record every source returns, its fingerprint and atomic caching."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A train/test split held in memory: features float32, labels int64."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    fingerprint: str
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+def fingerprint(*arrays: np.ndarray) -> str:
+    """sha256 over dtype, shape and bytes of each array: names the data's content, not its path."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()[:16]
+
+
+def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def make_dataset(name: str, x_train, y_train, x_test, y_test, num_classes: int | None = None) -> Dataset:
+    """Cast to the harness's dtypes, fingerprint the result."""
+    x_train = np.ascontiguousarray(x_train, dtype=np.float32)
+    x_test = np.ascontiguousarray(x_test, dtype=np.float32)
+    y_train = np.ascontiguousarray(y_train, dtype=np.int64)
+    y_test = np.ascontiguousarray(y_test, dtype=np.int64)
+    if num_classes is None:
+        num_classes = int(max(y_train.max(), y_test.max())) + 1
+    fp = fingerprint(x_train, y_train, x_test, y_test)
+    return Dataset(name, x_train, y_train, x_test, y_test, num_classes, fp)

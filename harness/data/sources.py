@@ -1,0 +1,171 @@
+"""Dataset sources, each built from its `_target_` in conf/dataset/*.yaml.
+
+Every source has `check()` (cheap: files exist, values sane; run before any compute) and
+`load(cache_dir)` returning a `Dataset`. Errors a user can cause raise `UserError` naming the key or file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from harness.data.base import Dataset, atomic_save_npz, make_dataset
+from harness.errors import UserError
+
+
+class MNIST1D:
+    """MNIST-1D generated offline by the `mnist1d` package (Greydanus 2020), cached as .npz.
+
+    Defaults are the paper's: 5,000 samples, 80/20 split (4,000 train / 1,000 test), data seed 42.
+    """
+
+    def __init__(self, num_samples: int = 5000, train_split: float = 0.8, data_seed: int = 42) -> None:
+        self.num_samples = num_samples
+        self.train_split = train_split
+        self.data_seed = data_seed
+
+    def check(self) -> None:
+        if self.num_samples < 20:
+            raise UserError(f"dataset.num_samples={self.num_samples}: expected an integer >= 20")
+        if not 0 < self.train_split < 1:
+            raise UserError(f"dataset.train_split={self.train_split}: expected a number in (0, 1)")
+
+    def _args(self):
+        from mnist1d.data import get_dataset_args
+
+        args = get_dataset_args()
+        args.num_samples, args.train_split, args.seed = self.num_samples, self.train_split, self.data_seed
+        return args
+
+    def load(self, cache_dir: str | Path) -> Dataset:
+        args = self._args()
+        key_src = json.dumps({k: v for k, v in vars(args).items() if k != "url"}, sort_keys=True, default=str)
+        path = Path(cache_dir) / "mnist1d" / (hashlib.sha256(key_src.encode()).hexdigest()[:16] + ".npz")
+        if not path.exists():
+            from mnist1d.data import make_dataset as generate
+
+            d = generate(args)  # seeds numpy's global generator itself (args.seed)
+            atomic_save_npz(path, x=d["x"], y=d["y"], x_test=d["x_test"], y_test=d["y_test"])
+        with np.load(path) as z:
+            return make_dataset("mnist1d", z["x"], z["y"], z["x_test"], z["y_test"], num_classes=10)
+
+
+class Digits:
+    """scikit-learn's 8x8 handwritten digits (1,797 samples, shipped with the package), flattened to 64."""
+
+    def __init__(self, test_fraction: float = 0.2, split_seed: int = 0) -> None:
+        self.test_fraction = test_fraction
+        self.split_seed = split_seed
+
+    def check(self) -> None:
+        if not 0 < self.test_fraction < 1:
+            raise UserError(f"dataset.test_fraction={self.test_fraction}: expected a number in (0, 1)")
+
+    def load(self, cache_dir: str | Path) -> Dataset:
+        from sklearn.datasets import load_digits
+
+        x, y = load_digits(return_X_y=True)
+        perm = np.random.default_rng(self.split_seed).permutation(len(y))
+        n_test = int(round(self.test_fraction * len(y)))
+        test, train = perm[:n_test], perm[n_test:]
+        x = x / 16.0
+        return make_dataset("digits", x[train], y[train], x[test], y[test], num_classes=10)
+
+
+class NPZ:
+    """A user's .npz file with arrays X_train, y_train, X_test, y_test."""
+
+    KEYS = ("X_train", "y_train", "X_test", "y_test")
+
+    def __init__(self, path: str, name: str = "npz") -> None:
+        self.path = path
+        self.name = name
+
+    def check(self) -> None:
+        if not self.path:
+            raise UserError("dataset.path is empty: expected the path of an .npz file")
+        if not Path(self.path).is_file():
+            raise UserError(f"dataset.path={self.path}: file not found; expected an .npz with {', '.join(self.KEYS)}")
+
+    def load(self, cache_dir: str | Path) -> Dataset:
+        self.check()
+        try:
+            z = np.load(self.path, allow_pickle=False)
+        except Exception as e:
+            raise UserError(f"dataset.path={self.path}: not a readable .npz file ({e})") from None
+        with z:
+            missing = [k for k in self.KEYS if k not in z.files]
+            if missing:
+                raise UserError(f"{self.path}: missing arrays {', '.join(missing)}; expected {', '.join(self.KEYS)}")
+            arrays = {k: z[k] for k in self.KEYS}
+        for split in ("train", "test"):
+            x, y = arrays[f"X_{split}"], arrays[f"y_{split}"]
+            if len(x) != len(y):
+                raise UserError(f"{self.path}: X_{split} has {len(x)} rows but y_{split} has {len(y)}; expected equal")
+            if len(x) == 0:
+                raise UserError(f"{self.path}: X_{split} is empty; expected at least one row")
+            if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
+                raise UserError(f"{self.path}: X_{split} has NaN, infinite or non-numeric values; expected finite")
+            if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+                raise UserError(f"{self.path}: y_{split} must hold non-negative integer class labels")
+        if arrays["X_train"].shape[1:] != arrays["X_test"].shape[1:]:
+            raise UserError(f"{self.path}: X_train and X_test have different feature shapes")
+        return make_dataset(self.name, *(arrays[k] for k in self.KEYS))
+
+
+class CIFAR:
+    """CIFAR-10/100 in torchvision's on-disk format under `root`; never downloads (no network here)."""
+
+    LAYOUT = {
+        10: ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", b"labels"),
+        100: ("cifar-100-python", ["train"], "test", b"fine_labels"),
+    }
+    # Per-channel mean and std of the CIFAR-10 training set, the usual normalisation.
+    MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32)
+    STD = np.array([0.2470, 0.2435, 0.2616], dtype=np.float32)
+
+    def __init__(self, root: str, num_classes: int = 10, download: bool = False) -> None:
+        self.root = root
+        self.num_classes = num_classes
+        self.download = download
+
+    def _folder(self) -> Path:
+        return Path(self.root) / self.LAYOUT[self.num_classes][0]
+
+    def check(self) -> None:
+        if self.num_classes not in self.LAYOUT:
+            raise UserError(f"dataset.num_classes={self.num_classes}: expected 10 or 100")
+        if self.download:
+            raise UserError("dataset.download=true: downloading is not supported; place the files under dataset.root")
+        folder = self._folder()
+        _, train_files, test_file, _ = self.LAYOUT[self.num_classes]
+        missing = [f for f in [*train_files, test_file] if not (folder / f).is_file()]
+        if missing:
+            raise UserError(
+                f"dataset.root={self.root}: CIFAR-{self.num_classes} not found; expected {folder}/ with "
+                f"{', '.join(missing[:3])}{'...' if len(missing) > 3 else ''} (torchvision format)"
+            )
+
+    def _read(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        label_key = self.LAYOUT[self.num_classes][3]
+        with open(self._folder() / name, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        return np.asarray(batch[b"data"], dtype=np.uint8), np.asarray(batch[label_key], dtype=np.int64)
+
+    def load(self, cache_dir: str | Path) -> Dataset:
+        self.check()
+        _, train_files, test_file, _ = self.LAYOUT[self.num_classes]
+        parts = [self._read(f) for f in train_files]
+        x_train, y_train = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        x_test, y_test = self._read(test_file)
+
+        def to_float(x: np.ndarray) -> np.ndarray:
+            x = x.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0
+            return (x - self.MEAN[:, None, None]) / self.STD[:, None, None]
+
+        return make_dataset(f"cifar{self.num_classes}", to_float(x_train), y_train, to_float(x_test), y_test,
+                            num_classes=self.num_classes)

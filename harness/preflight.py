@@ -1,0 +1,68 @@
+"""Check every job of a command line before Hydra starts any of them.
+
+Composes each job's config (a sweep is expanded with Hydra's own sweep parser) and validates it,
+so a typo in the third value of a sweep stops the command before the first trial trains.
+Errors come out as one line: `winnow: error: <key>=<value>: <what was expected>`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf.errors import OmegaConfBaseException
+
+from harness.config import register_schemas, validate
+from harness.errors import UserError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+_HYDRA_FLAGS_WITHOUT_JOB = ("--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--info", "-i",
+                            "--shell-completion", "-sc", "--resolve", "--package", "-p")
+
+
+def _one_line(e: Exception) -> str:
+    if isinstance(e, MissingConfigException) and e.missing_cfg_file and "/" in e.missing_cfg_file:
+        group, _, choice = e.missing_cfg_file.rpartition("/")
+        options = ", ".join(sorted(e.options or []))
+        return f"{group}={choice}: no such {group}; expected one of: {options}"
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    cause = e.__cause__
+    if cause is not None and str(cause).strip():
+        lines.append(str(cause).strip().splitlines()[0])
+    return "; ".join(dict.fromkeys(lines[:1] + lines[-1:])) or type(e).__name__
+
+
+def expand_jobs(overrides: list[str]) -> list[list[str]]:
+    """One override list per job, with sweeps (a,b / range() / choice()) expanded as Hydra's basic sweeper does."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    return [job for batch in batches for job in batch]
+
+
+def preflight(argv: list[str]) -> int:
+    """Validate every job in `argv`; returns the number of jobs. Raises UserError with one line."""
+    if any(a.split("=")[0] in _HYDRA_FLAGS_WITHOUT_JOB for a in argv):
+        return 0  # Hydra's own informational flags: nothing will run
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    overrides = [a for a in argv if not a.startswith("-")]
+    register_schemas()
+    try:
+        jobs = expand_jobs(overrides) if multirun else [overrides]
+    except HydraException as e:
+        raise UserError(_one_line(e)) from None
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for job in jobs:
+            try:
+                cfg = compose(config_name="config", overrides=[o for o in job if not o.startswith("hydra")])
+            except (HydraException, OmegaConfBaseException, ValueError) as e:
+                raise UserError(_one_line(e)) from None
+            # In a sweep each trial checks its own files, so one missing file fails one trial.
+            validate(cfg, check_files=not multirun)
+    GlobalHydra.instance().clear()
+    return len(jobs)

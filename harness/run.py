@@ -1,0 +1,48 @@
+"""Entry point: `python -m harness.run [overrides]` (console script `winnow-run`).
+
+One trial by default; `-m` with comma-separated values runs a sweep (Hydra multirun).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from harness.config import register_schemas
+from harness.errors import UserError
+
+register_schemas()
+
+
+def _fail(e: UserError) -> None:
+    print(f"winnow: error: {e}", file=sys.stderr)
+    sys.exit(e.exit_code)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def hydra_main(cfg: DictConfig) -> float:
+    from harness.trial import run_trial  # heavy imports (torch, mlflow) after the config is known good
+
+    try:
+        result = run_trial(cfg)
+    except UserError as e:
+        _fail(e)
+    print(f"test_accuracy={result.test_accuracy:.4f} n_selected={result.n_selected} "
+          f"train_s={result.metrics['train_s']:.1f} total_s={result.metrics['total_s']:.1f} run_id={result.run_id}")
+    return result.test_accuracy
+
+
+def main() -> None:
+    from harness.preflight import preflight
+
+    try:
+        preflight(sys.argv[1:])
+    except UserError as e:
+        _fail(e)
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

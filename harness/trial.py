@@ -1,0 +1,127 @@
+"""One trial: data -> selection -> training -> evaluation, measured and recorded in one MLflow run."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import resource
+from dataclasses import dataclass
+
+import torch
+from hydra.utils import get_method, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from harness import manifest
+from harness.config import config_hash, constructor_args, validate
+from harness.data import Dataset
+from harness.meters import Meter
+from harness.seeding import derive_seed
+from harness.select import build_stage, select
+from harness.tracking import flatten, trial_run
+from harness.train import resolve_device, train
+
+
+@dataclass
+class TrialResult:
+    run_id: str
+    config_hash: str
+    test_accuracy: float
+    n_selected: int
+    metrics: dict[str, float]
+
+
+def build_model(model_cfg: DictConfig, data: Dataset) -> torch.nn.Module:
+    """Instantiate the model, filling `input_shape`/`num_classes` from the data when the target takes them."""
+    args = constructor_args(model_cfg)
+    target = get_method(args._target_)
+    accepted = inspect.signature(target).parameters
+    extra = {}
+    if "input_shape" in accepted and "input_shape" not in args:
+        extra["input_shape"] = data.input_shape
+    if "num_classes" in accepted and "num_classes" not in args:
+        extra["num_classes"] = data.num_classes
+    return instantiate(args, **extra)
+
+
+def _peak_rss_bytes() -> int:
+    # ru_maxrss is KiB on Linux; children covers helper processes the trial started.
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return int(max(own, kids) * 1024)
+
+
+def run_name(cfg: DictConfig) -> str:
+    s = cfg.strategy
+    frac = s.get("fraction", 1.0)
+    return f"{s.get('name', 'strategy')}-f{frac:g}-{cfg.model.get('name', 'model')}-s{cfg.seed}"
+
+
+def run_trial(cfg: DictConfig) -> TrialResult:
+    """Run one configured trial end to end. Raises UserError for bad input (the run ends FAILED)."""
+    validate(cfg, check_files=False)  # values; files are checked inside the run so a sweep records them
+    chash = config_hash(cfg)
+    commit, dirty = manifest.git_state()
+    tags = {
+        "strategy": cfg.strategy.get("name", cfg.strategy._target_),
+        "dataset": cfg.dataset.get("name", cfg.dataset._target_),
+        "model": cfg.model.get("name", cfg.model._target_),
+        "fraction": cfg.strategy.get("fraction", 1.0),
+        "seed": cfg.seed,
+        "config_hash": chash,
+        "git_commit": commit,
+        "git_dirty": dirty,
+    }
+    device = resolve_device(cfg.trainer.device)
+    if cfg.trainer.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    meter = Meter(device)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+
+    with trial_run(cfg.tracking.uri, cfg.tracking.experiment, run_name(cfg), tags) as run:
+        run.params(flatten(resolved))
+        run.artifact_text("config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        run.artifact_text("environment.json", json.dumps(manifest.environment_manifest(), indent=2))
+
+        with meter.stage("data"):
+            source = instantiate(constructor_args(cfg.dataset))
+            source.check()
+            data = source.load(cfg.cache_dir)
+        run.tags({"dataset_fingerprint": data.fingerprint, "device": str(device)})
+
+        stage = build_stage(cfg.strategy)
+        with meter.stage("selection"):
+            selection = select(stage, cfg.strategy, data, cfg.seed)
+        indices_sha = hashlib.sha256(selection.indices.tobytes()).hexdigest()[:16]
+        run.tags({"selected_indices_sha256": indices_sha})
+        run.artifact_array("selected_indices.npy", selection.indices)
+
+        torch.manual_seed(derive_seed(cfg.seed, "init"))
+        model = build_model(cfg.model, data)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        with meter.stage("train"):
+            outcome = train(model, data, selection, cfg.trainer, cfg.seed, device)
+        meter.seconds["train"] -= outcome.eval_s  # evaluation inside the loop is booked as eval
+        meter.add("eval", outcome.eval_s)
+
+        n_train = len(data.y_train)
+        metrics = {
+            "test_accuracy": outcome.final_test_accuracy,
+            "n_selected": len(selection.indices),
+            "n_train": n_train,
+            "selected_fraction": len(selection.indices) / n_train,
+            "steps": outcome.steps,
+            "epochs": outcome.epochs,
+            "num_params": sum(p.numel() for p in model.parameters()),
+            **meter.totals(),
+            "peak_rss_bytes": _peak_rss_bytes(),
+        }
+        if device.type == "cuda":
+            metrics["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
+            metrics["peak_gpu_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
+        run.curves({"epoch_train_loss": outcome.train_loss, "epoch_test_accuracy": outcome.test_accuracy})
+        run.metrics(metrics)
+        return TrialResult(run.run_id, chash, outcome.final_test_accuracy, len(selection.indices), metrics)

@@ -1,0 +1,110 @@
+"""The selection interface every strategy implements."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+# g(t) -> fraction of the curriculum order available at training progress t in [0, 1].
+Pacing = Callable[[float], float]
+
+
+class SelectionError(ValueError):
+    """A strategy cannot do what it was asked (bad argument, unreachable target): a user error."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a strategy hands the trainer.
+
+    indices: positions in the original training set, int64, unique.
+    weights: one per entry of `indices` (coreset weights), or None for uniform.
+    order:   a permutation of range(len(indices)), easy -> hard, or None for random order.
+    pacing:  g(t) giving the fraction of `order` available at progress t, or None.
+    """
+
+    indices: np.ndarray
+    weights: np.ndarray | None = None
+    order: np.ndarray | None = None
+    pacing: Pacing | None = None
+
+    def __post_init__(self) -> None:
+        idx = np.asarray(self.indices, dtype=np.int64)
+        object.__setattr__(self, "indices", idx)
+        if idx.ndim != 1 or len(np.unique(idx)) != len(idx):
+            raise ValueError("Selection.indices must be a 1-D array of unique positions")
+        if self.weights is not None and len(self.weights) != len(idx):
+            raise ValueError("Selection.weights must have one entry per selected index")
+        if self.order is not None and not np.array_equal(np.sort(self.order), np.arange(len(idx))):
+            raise ValueError("Selection.order must be a permutation of range(len(indices))")
+
+
+@dataclass
+class SelectionContext:
+    """Everything a stage may read.
+
+    candidates: positions (into the original training set) still in play.
+    labels:     labels of the whole original training set.
+    signals:    per-sample arrays over the whole original training set, by name ("embeddings", "el2n", ...).
+    fraction:   target size relative to the *original* training set.
+    rng:        the stage's seeded generator; the only source of randomness.
+    """
+
+    candidates: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+    fraction: float
+    rng: np.random.Generator
+    signals: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def n_total(self) -> int:
+        return len(self.labels)
+
+    @property
+    def n_target(self) -> int:
+        """Number of samples the final selection should hold (at least one)."""
+        return max(1, int(round(self.fraction * self.n_total)))
+
+    def with_candidates(self, candidates: np.ndarray) -> SelectionContext:
+        return SelectionContext(candidates, self.labels, self.num_classes, self.fraction, self.rng, self.signals)
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """One step of a selection pipeline."""
+
+    needs: frozenset[str]
+
+    def select(self, ctx: SelectionContext) -> Selection: ...
+
+
+def class_quota(labels: np.ndarray, k: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """How many samples to take from each class for a class-balanced selection of k.
+
+    Water-filling: every class gets min(its size, L) for the highest level L that fits in k; the few
+    left over go one each to randomly chosen classes that still have members, so no class is favoured
+    by its id.
+    """
+    counts = np.bincount(labels, minlength=num_classes)
+    k = min(k, int(counts.sum()))
+    lo, hi = 0, int(counts.max())  # largest L with sum(min(counts, L)) <= k, by bisection
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if np.minimum(counts, mid).sum() <= k:
+            lo = mid
+        else:
+            hi = mid - 1
+    quota = np.minimum(counts, lo).astype(np.int64)
+    extra = k - int(quota.sum())
+    quota[rng.choice(np.flatnonzero(counts > lo), size=extra, replace=False)] += 1
+    return quota
+
+
+def take_top(candidates: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """The k candidates with the highest score; ties broken by position (stable)."""
+    order = np.argsort(-scores, kind="stable")
+    return np.sort(candidates[order[:k]])
