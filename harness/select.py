@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from harness.config import constructor_args
 from harness.data import Dataset
 from harness.errors import UserError
+from harness.meters import Meter
 from harness.seeding import numpy_rng
+from harness.tracking import TrialRun
 from strategies.base import Selection, SelectionContext, SelectionError, Stage
 
 
@@ -31,8 +36,6 @@ def select(stage: Stage, strategy_cfg: DictConfig, data: Dataset, seed: int,
     if missing:
         raise UserError(f"strategy={strategy_cfg.get('name', strategy_cfg._target_)} needs signals "
                         f"{', '.join(missing)}, which no probe provides")
-    import numpy as np
-
     ctx = SelectionContext(
         candidates=np.arange(len(data.y_train), dtype=np.int64),
         labels=data.y_train,
@@ -49,4 +52,17 @@ def select(stage: Stage, strategy_cfg: DictConfig, data: Dataset, seed: int,
         raise UserError("strategy: the selection is empty; expected at least one sample")
     if selection.indices.min() < 0 or selection.indices.max() >= len(data.y_train):
         raise ValueError(f"{type(stage).__name__} returned indices outside the training set")
+    return selection
+
+
+def run_selection(cfg: DictConfig, data: Dataset, meter: Meter, run: TrialRun) -> Selection:
+    """The trial's selection step: build the strategy, compute what it needs, select, record.
+
+    Every second spent here is metered as selection cost (stage `selection`).
+    """
+    stage = build_stage(cfg.strategy)
+    with meter.stage("selection"):
+        selection = select(stage, cfg.strategy, data, cfg.seed)
+    run.tags({"selected_indices_sha256": hashlib.sha256(selection.indices.tobytes()).hexdigest()[:16]})
+    run.artifact_array("selected_indices.npy", selection.indices)
     return selection

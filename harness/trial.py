@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import os
@@ -18,7 +17,7 @@ from harness.config import config_hash, constructor_args, validate
 from harness.data import Dataset
 from harness.meters import Meter
 from harness.seeding import derive_seed
-from harness.select import build_stage, select
+from harness.select import run_selection
 from harness.tracking import flatten, trial_run
 from harness.train import resolve_device, train
 
@@ -91,12 +90,7 @@ def run_trial(cfg: DictConfig) -> TrialResult:
             data = source.load(cfg.cache_dir)
         run.tags({"dataset_fingerprint": data.fingerprint, "device": str(device)})
 
-        stage = build_stage(cfg.strategy)
-        with meter.stage("selection"):
-            selection = select(stage, cfg.strategy, data, cfg.seed)
-        indices_sha = hashlib.sha256(selection.indices.tobytes()).hexdigest()[:16]
-        run.tags({"selected_indices_sha256": indices_sha})
-        run.artifact_array("selected_indices.npy", selection.indices)
+        selection = run_selection(cfg, data, meter, run)
 
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         model = build_model(cfg.model, data)
