@@ -21,7 +21,8 @@ stamp="$VIRTUAL_ENV/.winnow-setup"
 want="$(cat pyproject.toml scripts/setup_env.sh | sha256sum | cut -c1-16) extras=[$extras]"
 if [ ! -f "$stamp" ] || ! grep -qF "$want" "$stamp"; then
   echo "winnow: setting up $VIRTUAL_ENV (once; later runs skip this)" >&2
-  pip_q() { python -m pip install --quiet --disable-pip-version-check "$@"; }
+  # pip warns about every index folder of this machine's pip config that lacks a package: not news.
+  pip_q() { python -m pip install --quiet --disable-pip-version-check "$@" 2> >(grep -v "is ignored" >&2); }
   if ! python -c 'import torch' 2>/dev/null; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
       pip_q torch                       # the registry's default build carries CUDA
