@@ -40,12 +40,18 @@ class TrackingConfig:
 
 
 @dataclass
+class CorruptionConfig:
+    label_noise: float = 0.0  # fraction of training labels moved to another class (seeded, stream "corruption")
+
+
+@dataclass
 class WinnowConfig:
     dataset: Any = MISSING
     model: Any = MISSING
     strategy: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
     seed: int = 0
     cache_dir: str = ".winnow/cache"  # generated datasets and signals, content-addressed
 
@@ -117,6 +123,9 @@ def validate(cfg: DictConfig, check_files: bool = True) -> None:
     if t.steps is not None:
         _positive_int("trainer.steps", t.steps)
     _positive_int("trainer.batch_size", t.batch_size)
+    noise = cfg.corruption.label_noise
+    if not 0 <= noise < 1:
+        raise UserError(f"corruption.label_noise={noise}: expected a number in [0, 1)")
     _positive_int("trainer.eval_every_epochs", t.eval_every_epochs)
     _positive_int("trainer.workers", t.workers)
     if t.device != "auto" and not (t.device == "cpu" or t.device.startswith("cuda")):

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness import manifest
 from harness.config import config_hash, constructor_args, validate
 from harness.data import Dataset
+from harness.data.corrupt import add_label_noise
 from harness.meters import Meter
 from harness.seeding import derive_seed
 from harness.select import run_selection
@@ -87,10 +88,12 @@ def run_trial(cfg: DictConfig) -> TrialResult:
         with meter.stage("data"):
             source = instantiate(constructor_args(cfg.dataset))
             source.check()
-            data = source.load(cfg.cache_dir)
+            data = add_label_noise(source.load(cfg.cache_dir), cfg.corruption.label_noise, cfg.seed)
         run.tags({"dataset_fingerprint": data.fingerprint, "device": str(device)})
 
         selection = run_selection(cfg, data, meter, run)
+        if data.noisy is not None:  # how many corrupted labels the strategy let through
+            run.metrics({"noisy_selected_fraction": float(data.noisy[selection.indices].mean())})
 
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         model = build_model(cfg.model, data)

@@ -22,6 +22,10 @@ class Dataset:
     y_test: np.ndarray
     num_classes: int
     fingerprint: str
+    # Set by label corruption (harness/data/corrupt.py): True where y_train was changed. The clean
+    # labels stay in y_train_clean so analyses can ask which samples a strategy kept or dropped.
+    noisy: np.ndarray | None = None
+    y_train_clean: np.ndarray | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
