@@ -52,7 +52,7 @@ def _num(fmt: str) -> Callable[[float], str]:
 # Optional columns: shown only when some row of the table has a value (metric name, header, format).
 OPTIONAL = [
     ("probe_s", "probe s", _num(".1f")),
-    ("selection_s", "selection s", _num(".2f")),
+    ("selection_s", "selection s", _num(".3g")),
     ("total_energy_j", "energy J", _num(",.0f")),
     ("gpu_hours", "GPU-h", _num(".3g")),
     ("kwh", "kWh", _num(".3g")),
@@ -85,7 +85,7 @@ def display_table(s: pd.DataFrame) -> pd.DataFrame:
             "accuracy % [95% CI]": _with_ci(r["accuracy"], r["accuracy_lo"], r["accuracy_hi"]),
             f"Δ vs {BASELINE} pp [95% CI]": "(baseline)" if r["strategy"] == BASELINE else
             _with_ci(r["delta_accuracy"], r["delta_lo"], r["delta_hi"], sign=True),
-            "total s": _num(".1f")(r["total_s"]),
+            "total s": _num(".3g")(r["total_s"]),
         }
         for metric, header, fmt in OPTIONAL:
             row[header] = fmt(r[metric]) if metric in r else NA
