@@ -202,7 +202,8 @@ def report_text(run_id: str, c: Comparison) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="winnow-reproduce", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="winnow-reproduce",
+                                     description="Re-run a trial from its MLflow record and compare.")
     parser.add_argument("run_id", help="MLflow run id of a FINISHED trial")
     parser.add_argument("--tracking-uri", default=DEFAULT_URI, help=f"MLflow tracking URI (default {DEFAULT_URI})")
     args = parser.parse_args(argv)

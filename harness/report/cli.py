@@ -33,7 +33,8 @@ def build(experiment: str, tracking_uri: str = DEFAULT_URI, out_dir: str | Path 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="winnow-report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="winnow-report",
+                                     description="Build a report of one experiment from its MLflow runs.")
     parser.add_argument("experiment", help="MLflow experiment name (tracking.experiment of the trials)")
     parser.add_argument("--tracking-uri", default=DEFAULT_URI, help=f"MLflow tracking URI (default {DEFAULT_URI})")
     parser.add_argument("--out", default=None, help="output directory (default reports/EXPERIMENT/)")
