@@ -1,0 +1,52 @@
+"""`python -m harness.report EXPERIMENT [--tracking-uri URI] [--out DIR]` (console script `winnow-report`).
+
+Reads the experiment's runs from MLflow and writes report.md, report.tex, summary.csv,
+failed_runs.csv, missing_seeds.csv, report.html and a PNG + SVG per figure into DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from harness.errors import UserError
+from harness.tracking import DEFAULT_URI
+
+
+def build(experiment: str, tracking_uri: str = DEFAULT_URI, out_dir: str | Path | None = None) -> dict[str, Path]:
+    """Read, summarise, draw and write; returns the written files by kind (md, tex, csv, html)."""
+    from harness.report.load import load_runs
+    from harness.report.plots import draw_all
+    from harness.report.render import write_all
+    from harness.report.summary import summarise
+
+    out = Path(out_dir) if out_dir else Path("reports") / experiment
+    report = summarise(load_runs(tracking_uri, experiment), experiment)
+    if report.n_runs == 0:
+        raise UserError(f"experiment={experiment}: has no runs in {tracking_uri}")
+    out.mkdir(parents=True, exist_ok=True)
+    figures = draw_all(report.summary, out)
+    paths = write_all(report, figures, out)
+    paths.update({f"figure:{f.png.stem}": f.png for f in figures})
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="winnow-report",
+                                     description="Build a report of one experiment from its MLflow runs.")
+    parser.add_argument("experiment", help="MLflow experiment name (tracking.experiment of the trials)")
+    parser.add_argument("--tracking-uri", default=DEFAULT_URI, help=f"MLflow tracking URI (default {DEFAULT_URI})")
+    parser.add_argument("--out", default=None, help="output directory (default reports/EXPERIMENT/)")
+    args = parser.parse_args(argv)
+    try:
+        paths = build(args.experiment, args.tracking_uri, args.out)
+    except UserError as e:
+        print(f"winnow-report: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    print(paths["md"].read_text().split("\n## Method")[0])  # the tables, as in report.md
+    print(f"wrote {paths['md'].parent}/ ({', '.join(sorted(p.name for p in paths.values()))})")
+
+
+if __name__ == "__main__":
+    main()

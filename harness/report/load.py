@@ -1,0 +1,56 @@
+"""Read an experiment's runs from MLflow into one flat frame: one row per run, tags and metrics as columns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from harness.errors import UserError
+
+# Tags every trial sets (harness/trial.py); the report groups on the first four.
+GROUP_KEYS = ("dataset", "model", "strategy", "fraction")
+TAGS = (*GROUP_KEYS, "seed", "config_hash", "dataset_fingerprint", "selected_indices_sha256", "device", "error",
+        "reproduction_of")
+_PAGE = 1000
+
+
+def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
+    """All runs of `experiment`, via MLflow's search API (paged).
+
+    Columns: run_id, status, start_time (ms), the TAGS above (None when absent), one float column per
+    metric (latest value; NaN when a run did not log it). `fraction` is a float and `seed` an int.
+    """
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise UserError(f"experiment={experiment}: not found in {tracking_uri}; expected one of: "
+                        f"{', '.join(names) or '(none)'}")
+    rows, token = [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], max_results=_PAGE, page_token=token)
+        for run in page:
+            row = {"run_id": run.info.run_id, "status": run.info.status, "start_time": run.info.start_time}
+            row.update({t: run.data.tags.get(t) for t in TAGS})
+            row.update({f"metric:{k}": v for k, v in run.data.metrics.items()})
+            rows.append(row)
+        token = page.token
+        if not token:
+            break
+    df = pd.DataFrame(rows, columns=["run_id", "status", "start_time", *TAGS])
+    if rows:
+        df = pd.DataFrame(rows)
+        for t in TAGS:
+            if t not in df:
+                df[t] = None
+    df = df.rename(columns=lambda c: c.removeprefix("metric:"))
+    df["fraction"] = pd.to_numeric(df["fraction"], errors="coerce").astype(float)
+    df["seed"] = pd.to_numeric(df["seed"], errors="coerce").astype("Int64")
+    return df
+
+
+def metric_columns(runs: pd.DataFrame) -> list[str]:
+    """Names of the metric columns (everything that is not run info or a tag)."""
+    fixed = {"run_id", "status", "start_time", *TAGS}
+    return [c for c in runs.columns if c not in fixed and np.issubdtype(runs[c].dtype, np.number)]

@@ -1,0 +1,216 @@
+"""Write a Report as Markdown, LaTeX (booktabs), CSV and one self-contained HTML page."""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from harness.report.plots import Figure
+from harness.report.stats import ALPHA, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
+from harness.report.summary import BASELINE, REFERENCE, Report
+
+NA = "n/a"
+
+METHOD = (
+    f"Accuracy: mean over seeds with a {CONFIDENCE:.0%} percentile-bootstrap interval ({BOOTSTRAP_RESAMPLES:,} "
+    f"resamples of the seeds, numpy generator seed {BOOTSTRAP_SEED}); n/a with one seed. "
+    f"Δ vs {BASELINE}: difference of mean accuracy against the {BASELINE}-data runs of the same dataset and model, "
+    "interval from resampling both groups independently. Costs are means over seeds; total_s is every metered "
+    "stage (data, probe, selection, training, evaluation), so selection is never free. "
+    f"Speedup = {BASELINE}'s mean total_s / this mean total_s; savings = 1 − this cost / {BASELINE}'s cost. "
+    f"vs {REFERENCE}: mean over shared seeds of (this − {REFERENCE}) accuracy at the same fraction, its bootstrap "
+    f"interval and a two-sided exact sign-flip permutation p-value; * marks p < {ALPHA} (reachable from 6 paired "
+    "seeds on). Pareto: no other row of the same dataset and model has lower-or-equal mean total_s and "
+    "higher-or-equal mean accuracy (one strictly). Values a run did not log are n/a, never 0."
+)
+
+
+def _isnan(v: object) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
+
+
+def _pct(v: float, sign: bool = False) -> str:
+    return NA if _isnan(v) else f"{v * 100:+.2f}" if sign else f"{v * 100:.2f}"
+
+
+def _with_ci(v: float, lo: float, hi: float, sign: bool = False) -> str:
+    if _isnan(v):
+        return NA
+    ci = NA if _isnan(lo) else f"{_pct(lo, sign)}, {_pct(hi, sign)}"
+    return f"{_pct(v, sign)} [{ci}]"
+
+
+def _num(fmt: str) -> Callable[[float], str]:
+    return lambda v: NA if _isnan(v) else format(v, fmt)
+
+
+# Optional columns: shown only when some row of the table has a value (metric name, header, format).
+OPTIONAL = [
+    ("probe_s", "probe s", _num(".1f")),
+    ("selection_s", "selection s", _num(".3g")),
+    ("total_energy_j", "energy J", _num(",.0f")),
+    ("gpu_hours", "GPU-h", _num(".3g")),
+    ("kwh", "kWh", _num(".3g")),
+    ("co2e_g", "CO2e g", _num(".3g")),
+    ("cost_usd", "USD", _num(".3g")),
+    ("tta_s", "time-to-acc. s", _num(".1f")),
+    ("savings_energy", "energy saved", lambda v: NA if _isnan(v) else f"{v:.1%}"),
+    ("savings_gpu_hours", "GPU-h saved", lambda v: NA if _isnan(v) else f"{v:.1%}"),
+]
+
+
+def _vs_random(r: pd.Series) -> str:
+    if r["strategy"] == REFERENCE:
+        return "(reference)"
+    if _isnan(r["vs_random_diff"]):
+        return NA
+    mark = " *" if r["vs_random_significant"] is True else ""
+    return (f"{_with_ci(r['vs_random_diff'], r['vs_random_lo'], r['vs_random_hi'], sign=True)} "
+            f"p={r['vs_random_p']:.3f} n={int(r['vs_random_n'])}{mark}")
+
+
+def display_table(s: pd.DataFrame) -> pd.DataFrame:
+    """The human table of one dataset+model: strings, n/a for anything missing."""
+    rows = []
+    for _, r in s.sort_values(["strategy", "fraction"]).iterrows():
+        row = {
+            "strategy": r["strategy"],
+            "fraction": f"{r['fraction']:g}",
+            "n": str(int(r["n"])),
+            "accuracy % [95% CI]": _with_ci(r["accuracy"], r["accuracy_lo"], r["accuracy_hi"]),
+            f"Δ vs {BASELINE} pp [95% CI]": "(baseline)" if r["strategy"] == BASELINE else
+            _with_ci(r["delta_accuracy"], r["delta_lo"], r["delta_hi"], sign=True),
+            "total s": _num(".3g")(r["total_s"]),
+        }
+        for metric, header, fmt in OPTIONAL:
+            row[header] = fmt(r[metric]) if metric in r else NA
+        row["speedup"] = NA if _isnan(r["speedup"]) else f"{r['speedup']:.2f}x"
+        row["time saved"] = NA if _isnan(r["savings_time"]) else f"{r['savings_time']:.1%}"
+        row[f"vs {REFERENCE} pp [95% CI]"] = _vs_random(r)
+        row["Pareto"] = "yes" if r["pareto"] else ""
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    empty = [h for _, h, _ in OPTIONAL if h in table and (table[h] == NA).all()]
+    return table.drop(columns=empty)
+
+
+def _tables(report: Report) -> list[tuple[str, pd.DataFrame]]:
+    return [(f"{d} / {m}", display_table(g)) for (d, m), g in report.summary.groupby(["dataset", "model"])]
+
+
+def _failed_table(report: Report) -> pd.DataFrame:
+    f = report.failed.copy()
+    f["fraction"] = f["fraction"].map(lambda v: NA if _isnan(v) else f"{v:g}")
+    return f.astype(object).where(f.notna(), NA)
+
+
+# ---- Markdown -----------------------------------------------------------------------------------
+
+def markdown_table(t: pd.DataFrame) -> str:
+    def cell(v: object) -> str:
+        return str(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(cell(c) for c in t.columns) + " |", "|" + "---|" * len(t.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in t.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def to_markdown(report: Report, figures: list[Figure]) -> str:
+    out = [f"# Report: {report.experiment}", "",
+           f"{report.n_runs} runs read; {len(report.failed)} did not finish; "
+           f"{len(report.missing)} groups with missing seeds.", ""]
+    for title, table in _tables(report):
+        out += [f"## {title}", "", markdown_table(table), ""]
+    out += ["## Method", "", METHOD, ""]
+    out += ["## Runs that did not finish", ""]
+    out += [markdown_table(_failed_table(report)) if len(report.failed) else "None.", ""]
+    out += ["## Missing seeds", ""]
+    out += [markdown_table(report.missing.fillna(NA)) if len(report.missing) else "None.", ""]
+    if len(report.repeated):
+        out += ["## Repeated runs (left out; the latest run of each group and seed is used)", "",
+                markdown_table(report.repeated.fillna(NA)), ""]
+    out += ["## Figures", ""] + [f"![{f.title}]({f.png.name})" for f in figures] + [""]
+    return "\n".join(out)
+
+
+# ---- LaTeX --------------------------------------------------------------------------------------
+
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "Δ": r"$\Delta$", "−": "--"}
+
+
+def latex_escape(text: object) -> str:
+    return re.sub("|".join(re.escape(k) for k in _LATEX_ESCAPES), lambda m: _LATEX_ESCAPES[m.group()], str(text))
+
+
+def latex_table(t: pd.DataFrame, caption: str) -> str:
+    """A booktabs tabular (needs \\usepackage{booktabs}) inside a table float."""
+    spec = "l" + "r" * (len(t.columns) - 1)
+    lines = [r"\begin{table}[htbp]", r"\centering", r"\small", rf"\caption{{{latex_escape(caption)}}}",
+             rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
+             " & ".join(latex_escape(c) for c in t.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(latex_escape(v) for v in row) + r" \\" for row in t.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines)
+
+
+def to_latex(report: Report) -> str:
+    head = f"% Winnow report: {report.experiment}. Needs \\usepackage{{booktabs}}.\n"
+    return head + "\n\n".join(latex_table(t, f"{report.experiment}: {title}") for title, t in _tables(report)) + "\n"
+
+
+# ---- HTML ---------------------------------------------------------------------------------------
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}
+table{border-collapse:collapse;font-size:13px;margin:1em 0}th,td{border-bottom:1px solid #ccc;padding:3px 8px;
+text-align:right}th:first-child,td:first-child{text-align:left}figure{display:inline-block;margin:0 1em 1em 0}
+figure svg{width:560px;height:auto}p.method{font-size:13px;color:#444;max-width:1000px}"""
+
+
+def _inline_svg(path: Path) -> str:
+    svg = path.read_text()
+    return svg[svg.index("<svg"):]  # drop the XML prolog and DOCTYPE: invalid inside HTML
+
+
+def to_html(report: Report, figures: list[Figure]) -> str:
+    def table(t: pd.DataFrame) -> str:
+        return t.to_html(index=False, na_rep=NA, border=0, escape=True)
+
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Winnow report: "
+             f"{html.escape(report.experiment)}</title><style>{_CSS}</style></head><body>",
+             f"<h1>Report: {html.escape(report.experiment)}</h1>",
+             f"<p>{report.n_runs} runs read; {len(report.failed)} did not finish; "
+             f"{len(report.missing)} groups with missing seeds.</p>"]
+    for title, t in _tables(report):
+        parts += [f"<h2>{html.escape(title)}</h2>", table(t)]
+    parts += [f"<p class='method'>{html.escape(METHOD)}</p>", "<h2>Figures</h2>"]
+    parts += [f"<figure>{_inline_svg(f.svg)}<figcaption>{html.escape(f.title)}</figcaption></figure>"
+              for f in figures]
+    none = "<p>None.</p>"
+    parts += ["<h2>Runs that did not finish</h2>", table(_failed_table(report)) if len(report.failed) else none]
+    parts += ["<h2>Missing seeds</h2>", table(report.missing) if len(report.missing) else none]
+    if len(report.repeated):
+        parts += ["<h2>Repeated runs (left out)</h2>", table(report.repeated)]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+# ---- all files ----------------------------------------------------------------------------------
+
+def write_all(report: Report, figures: list[Figure], out_dir: Path) -> dict[str, Path]:
+    """report.md, report.tex, summary.csv (+ failed_runs.csv, missing_seeds.csv) and report.html."""
+    paths = {"md": out_dir / "report.md", "tex": out_dir / "report.tex", "csv": out_dir / "summary.csv",
+             "html": out_dir / "report.html"}
+    paths["md"].write_text(to_markdown(report, figures))
+    paths["tex"].write_text(to_latex(report))
+    report.summary.to_csv(paths["csv"], index=False, na_rep=NA)
+    report.failed.to_csv(out_dir / "failed_runs.csv", index=False, na_rep=NA)
+    report.missing.to_csv(out_dir / "missing_seeds.csv", index=False, na_rep=NA)
+    paths["html"].write_text(to_html(report, figures))
+    return paths

@@ -1,0 +1,220 @@
+"""`python -m harness.reproduce RUN_ID [--tracking-uri URI]` (console script `winnow-reproduce`).
+
+Re-runs a finished trial from its logged `config.yaml` in the same tracking store (the new run is
+tagged `reproduction_of=RUN_ID`), then compares the two runs: dataset fingerprint, selected-indices
+hash, config hash and every outcome metric; the environment manifests are diffed for information.
+Run it from the directory the original trial ran in: relative paths in the config (dataset.path,
+cache_dir) resolve against the working directory.
+
+Exit codes: 0 reproduced; 1 results differ (or the re-run failed); 2 bad input (unknown run, no
+config); 3 the data changed (dataset fingerprint differs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.errors import UserError
+from harness.tracking import DEFAULT_URI
+
+EXIT_OK, EXIT_DIFFERS, EXIT_USER, EXIT_DATA_CHANGED = 0, 1, 2, 3
+# Measurements of cost, not results: they vary run to run and are shown, never compared.
+COST_SUFFIXES = ("_s", "_bytes", "_j")
+COST_NAMES = frozenset({"gpu_hours", "kwh", "co2e_g", "cost_usd"})
+# Counts fixed by the config and the selection: equal on any device.
+EXACT = frozenset({"n_selected", "n_train", "selected_fraction", "steps", "epochs", "num_params"})
+# On a GPU (either run), kernels are not bitwise deterministic by default (cuDNN/cuBLAS algorithm
+# choice, atomics, bf16 autocast): accuracies may differ by up to 1 point, other results (losses) by 5%.
+GPU_ACCURACY_ABS = 0.01
+GPU_OTHER_REL = 0.05
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep the printed diff readable
+
+
+def is_cost(metric: str) -> bool:
+    return metric in COST_NAMES or metric.endswith(COST_SUFFIXES)
+
+
+def within(metric: str, a: float, b: float, gpu: bool) -> bool:
+    """Does the reproduced value `b` match the original `a` under this device's tolerance?"""
+    if a == b or (math.isnan(a) and math.isnan(b)):
+        return True
+    if not gpu or metric in EXACT:
+        return False  # CPU runs are deterministic: equal or not reproduced
+    if "accuracy" in metric:
+        return abs(a - b) <= GPU_ACCURACY_ABS + 1e-9  # 0.91 - 0.90 is 0.010000000000000009 in floats
+    return abs(a - b) <= GPU_OTHER_REL * max(abs(a), abs(b))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        elif isinstance(v, list):
+            out.update(_flatten({str(i): x for i, x in enumerate(v)}, f"{prefix}{k}.") if v else {prefix + k: []})
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def environment_diff(original: dict, new: dict) -> list[str]:
+    a, b = _flatten(original), _flatten(new)
+    return [f"{k}: {a.get(k, '(absent)')} -> {b.get(k, '(absent)')}" for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k)]
+
+
+@dataclass
+class Comparison:
+    new_run_id: str | None
+    gpu: bool
+    data_changed: bool = False
+    lines: list[str] = field(default_factory=list)       # one per compared item, "ok" or "DIFF"
+    differences: list[str] = field(default_factory=list)  # items that did not reproduce
+    environment: list[str] = field(default_factory=list)  # manifest differences (information)
+    error: str | None = None                              # the re-run's error, when it failed
+    fingerprints: tuple[str | None, str | None] = (None, None)  # dataset_fingerprint: original, reproduction
+
+    @property
+    def exit_code(self) -> int:
+        if self.data_changed:
+            return EXIT_DATA_CHANGED
+        return EXIT_DIFFERS if self.differences or self.error else EXIT_OK
+
+
+def _download_text(client, run_id: str, name: str) -> str | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return Path(client.download_artifacts(run_id, name, tmp)).read_text()
+        except Exception:
+            return None
+
+
+def load_config(client, run_id: str):
+    """The run's resolved config, typed again by the structured schema (ints stay ints, etc.)."""
+    from omegaconf import OmegaConf
+
+    from harness.config import WinnowConfig
+
+    text = _download_text(client, run_id, "config.yaml")
+    if text is None:
+        raise UserError(f"run {run_id}: has no config.yaml artifact; expected a run recorded by harness.trial")
+    return OmegaConf.merge(OmegaConf.structured(WinnowConfig), OmegaConf.create(text))
+
+
+def reproduce(run_id: str, tracking_uri: str = DEFAULT_URI) -> Comparison:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    try:
+        original = client.get_run(run_id)
+    except MlflowException:
+        raise UserError(f"run {run_id}: not found in {tracking_uri}") from None
+    if original.info.status != "FINISHED":
+        raise UserError(f"run {run_id}: status {original.info.status}; only a FINISHED run can be reproduced")
+    cfg = load_config(client, run_id)
+    cfg.tracking.uri = tracking_uri  # the store we read from, whatever (possibly relative) URI the trial used
+    cfg.tracking.experiment = client.get_experiment(original.info.experiment_id).name
+
+    from harness.trial import run_trial  # torch and the trial stack only once the run is known good
+
+    started_ms = int(time.time() * 1000)
+    try:
+        new_id, error = run_trial(cfg).run_id, None
+    except Exception as e:
+        new_id, error = _find_new_run(client, original, started_ms), f"{type(e).__name__}: {e}".splitlines()[0]
+    if new_id:
+        client.set_tag(new_id, "reproduction_of", run_id)
+    new = client.get_run(new_id) if new_id else None
+    return compare(client, original, new, error)
+
+
+def _find_new_run(client, original, started_ms: int) -> str | None:
+    """The run a failed re-run left behind: same config hash, started after we began."""
+    runs = client.search_runs([original.info.experiment_id],
+                              f"tags.config_hash = '{original.data.tags.get('config_hash')}' "
+                              f"and attributes.start_time >= {started_ms}", max_results=1,
+                              order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id if runs else None
+
+
+def compare(client, original, new, error: str | None = None) -> Comparison:
+    """Item by item: identity and data tags, then the outcome metrics under the device's tolerance."""
+    a_tags = original.data.tags
+    b_tags = new.data.tags if new else {}
+    gpu = any(str(t.get("device", "")).startswith("cuda") for t in (a_tags, b_tags))
+    c = Comparison(new.info.run_id if new else None, gpu, error=error)
+
+    a_fp, b_fp = a_tags.get("dataset_fingerprint"), b_tags.get("dataset_fingerprint")
+    c.fingerprints = (a_fp, b_fp)
+    c.data_changed = bool(a_fp and b_fp and a_fp != b_fp)
+    for tag in ("dataset_fingerprint", "config_hash", "selected_indices_sha256"):
+        a, b = a_tags.get(tag), b_tags.get(tag)
+        _record(c, tag, a == b and a is not None, f"{a} -> {b}" if a != b else f"{a}")
+    if error:
+        return c
+    b_metrics = new.data.metrics
+    for m, a in sorted(original.data.metrics.items(), key=lambda kv: (is_cost(kv[0]), kv[0])):
+        b = b_metrics.get(m, float("nan"))
+        if is_cost(m):
+            c.lines.append(f"  info  {m:<26} {a:.4g} -> {b:.4g} (a measurement; not compared)")
+        else:
+            _record(c, m, within(m, a, b, gpu), f"{a:.10g} -> {b:.10g}")
+    env_a, env_b = (_download_text(client, r.info.run_id, "environment.json") for r in (original, new))
+    if env_a and env_b:
+        c.environment = environment_diff(json.loads(env_a), json.loads(env_b))
+    return c
+
+
+def _record(c: Comparison, item: str, ok: bool, detail: str) -> None:
+    c.lines.append(f"  {'ok' if ok else 'DIFF':<5} {item:<26} {detail}")
+    if not ok:
+        c.differences.append(item)
+
+
+def report_text(run_id: str, c: Comparison) -> str:
+    tolerance = (f"GPU tolerance: accuracy within {GPU_ACCURACY_ABS * 100:g} point, other results within "
+                 f"{GPU_OTHER_REL:.0%}, counts and hashes equal" if c.gpu else "CPU: every result must be equal")
+    out = [f"reproduction of run {run_id} -> run {c.new_run_id or '(none)'} ({tolerance})", *c.lines]
+    if c.environment:
+        out += [f"environment: {len(c.environment)} differences (information)"] + [f"  {d}" for d in c.environment]
+    else:
+        out.append("environment: same manifest")
+    if c.data_changed:
+        a_fp, b_fp = c.fingerprints
+        out.append(f"DATA CHANGED: dataset fingerprint {a_fp} -> {b_fp}: the data differs from what run {run_id} "
+                   "trained on")
+    elif c.error:
+        out.append(f"NOT REPRODUCED: the re-run failed: {c.error}")
+    elif c.differences:
+        out.append(f"NOT REPRODUCED: {len(c.differences)} differences: {', '.join(c.differences)}")
+    else:
+        out.append("REPRODUCED")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="winnow-reproduce",
+                                     description="Re-run a trial from its MLflow record and compare.")
+    parser.add_argument("run_id", help="MLflow run id of a FINISHED trial")
+    parser.add_argument("--tracking-uri", default=DEFAULT_URI, help=f"MLflow tracking URI (default {DEFAULT_URI})")
+    args = parser.parse_args(argv)
+    try:
+        comparison = reproduce(args.run_id, args.tracking_uri)
+    except UserError as e:
+        print(f"winnow-reproduce: error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USER)
+    print(report_text(args.run_id, comparison))
+    sys.exit(comparison.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""The report, built from a tracking store of synthetic runs with known metrics (no training)."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.entities import Metric, RunTag
+from mlflow.tracking import MlflowClient
+
+from harness.report import load_runs, summarise
+from harness.report.cli import build
+from harness.report.stats import pareto_mask, sign_flip_p
+from tests.conftest import REPO
+
+EXPERIMENT = "synth"
+SEEDS = range(6)
+rng = np.random.default_rng(123)
+# Known accuracies and costs per (dataset, model, strategy, fraction) and seed.
+FULL_ACC = 0.90 + rng.normal(0, 0.01, 6)
+RANDOM_ACC = {0.3: 0.80 + rng.normal(0, 0.01, 6), 0.5: 0.85 + rng.normal(0, 0.01, 6)}
+# el2n beats random at 0.5 on every seed (a paired gain of 1 to 3 points); at 0.3 it is mixed
+EL2N_ACC = {0.5: RANDOM_ACC[0.5] + rng.uniform(0.01, 0.03, 6), 0.3: RANDOM_ACC[0.3] + rng.normal(0, 0.01, 6)}
+# el2n at 0.3 has a slow selection: dominated by random 0.5 (cheaper and more accurate)
+TOTAL_S = {("full", 1.0): 100.0, ("random", 0.3): 30.0, ("random", 0.5): 50.0, ("el2n", 0.3): 60.0,
+           ("el2n", 0.5): 55.0}
+ENERGY_J_PER_S = 200.0  # d1 runs log total_energy_j = 200 W x total_s (+ a per-seed wobble)
+
+
+def _log(client: MlflowClient, exp_id: str, tags: dict, metrics: dict, status: str = "FINISHED",
+         start_ms: int = 0) -> str:
+    run = client.create_run(exp_id, tags={k: str(v) for k, v in tags.items()}, start_time=start_ms)
+    rid = run.info.run_id
+    client.log_batch(rid, metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items()],
+                     tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    client.set_terminated(rid, status=status)
+    return rid
+
+
+def _tags(dataset, model, strategy, fraction, seed):
+    return {"dataset": dataset, "model": model, "strategy": strategy, "fraction": fraction, "seed": seed}
+
+
+def _d1_metrics(acc, total_s, seed):
+    return {"test_accuracy": acc, "total_s": total_s + seed, "selection_s": 1.0,
+            "total_energy_j": ENERGY_J_PER_S * (total_s + seed)}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    uri = f"sqlite:///{tmp_path_factory.mktemp('report') / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment(EXPERIMENT)
+    t = 1_000_000
+    for s in SEEDS:
+        _log(client, exp, _tags("d1", "m1", "full", 1.0, s), _d1_metrics(FULL_ACC[s], 100.0, s), start_ms=t + s)
+        for f in (0.3, 0.5):
+            _log(client, exp, _tags("d1", "m1", "random", f, s), _d1_metrics(RANDOM_ACC[f][s], TOTAL_S["random", f], s),
+                 start_ms=t + s)
+            if not (f == 0.3 and s == 5):  # el2n 0.3 seed 5 crashed
+                _log(client, exp, _tags("d1", "m1", "el2n", f, s), _d1_metrics(EL2N_ACC[f][s], TOTAL_S["el2n", f], s),
+                     start_ms=t + s)
+    _log(client, exp, {**_tags("d1", "m1", "el2n", 0.3, 5), "error": "RuntimeError: CUDA out of memory"}, {},
+         status="FAILED", start_ms=t)
+    # an earlier run of el2n 0.5 seed 0 with another accuracy: the later one must win
+    _log(client, exp, _tags("d1", "m1", "el2n", 0.5, 0), _d1_metrics(0.10, 55.0, 0), start_ms=t - 1000)
+    # a reproduction of a full run must not count as a second seed-0 run
+    _log(client, exp, {**_tags("d1", "m1", "full", 1.0, 0), "reproduction_of": "abc"}, _d1_metrics(0.2, 1.0, 0),
+         start_ms=t + 100)
+    # a second dataset with one random seed, no baseline and no energy meter
+    _log(client, exp, _tags("d2", "m2", "random", 0.5, 0), {"test_accuracy": 0.5, "total_s": 7.0}, start_ms=t)
+    return uri
+
+
+@pytest.fixture(scope="module")
+def report(store):
+    return summarise(load_runs(store, EXPERIMENT), EXPERIMENT)
+
+
+def row(report, dataset="d1", model="m1", strategy="random", fraction=0.5) -> pd.Series:
+    s = report.summary
+    hit = s[(s.dataset == dataset) & (s.model == model) & (s.strategy == strategy) & np.isclose(s.fraction, fraction)]
+    assert len(hit) == 1
+    return hit.iloc[0]
+
+
+def reference_bootstrap(values, resamples=10_000, seed=0):
+    """Percentile bootstrap of the mean, one resample at a time."""
+    values = np.asarray(values)
+    gen = np.random.default_rng(seed)
+    means = [values[gen.integers(0, len(values), size=len(values))].mean() for _ in range(resamples)]
+    return np.percentile(means, 2.5), np.percentile(means, 97.5)
+
+
+@pytest.mark.parametrize("strategy, fraction, values", [
+    ("full", 1.0, FULL_ACC), ("random", 0.3, RANDOM_ACC[0.3]), ("el2n", 0.5, EL2N_ACC[0.5]),
+    ("el2n", 0.3, EL2N_ACC[0.3][:5]),
+])
+def test_mean_and_ci_match_a_direct_bootstrap(report, strategy, fraction, values):
+    r = row(report, strategy=strategy, fraction=fraction)
+    assert r["n"] == len(values)
+    assert r["accuracy"] == pytest.approx(np.mean(values), abs=1e-12)
+    lo, hi = reference_bootstrap(values)
+    assert (r["accuracy_lo"], r["accuracy_hi"]) == pytest.approx((lo, hi), abs=1e-12)
+    assert lo < np.mean(values) < hi
+
+
+def test_one_seed_has_no_interval_and_no_baseline_gives_na(report):
+    r = row(report, dataset="d2", model="m2")
+    assert r["n"] == 1 and r["accuracy"] == 0.5
+    assert np.isnan(r["accuracy_lo"]) and np.isnan(r["delta_accuracy"]) and np.isnan(r["speedup"])
+    assert np.isnan(r["total_energy_j"])  # never logged: n/a, not 0
+
+
+def test_baseline_is_full_of_the_same_dataset_and_model(report):
+    r = row(report, strategy="random", fraction=0.3)
+    assert r["delta_accuracy"] == pytest.approx(RANDOM_ACC[0.3].mean() - FULL_ACC.mean(), abs=1e-12)
+    full_s = np.mean([100.0 + s for s in SEEDS])
+    random_s = np.mean([30.0 + s for s in SEEDS])
+    assert r["total_s"] == pytest.approx(random_s)
+    assert r["speedup"] == pytest.approx(full_s / random_s)
+    assert r["savings_time"] == pytest.approx(1 - random_s / full_s)
+    assert r["savings_energy"] == pytest.approx(1 - random_s / full_s)  # energy is proportional to time here
+    # the delta interval resamples both groups independently; it must contain the point estimate
+    assert r["delta_lo"] < r["delta_accuracy"] < r["delta_hi"] < 0
+    full = row(report, strategy="full", fraction=1.0)
+    assert full["delta_accuracy"] == 0 and full["speedup"] == 1
+    assert full["n"] == 6  # the reproduction run is not a seventh seed
+
+
+def test_repeated_seed_keeps_the_latest_run(report):
+    r = row(report, strategy="el2n", fraction=0.5)
+    assert r["n"] == 6 and r["accuracy"] == pytest.approx(EL2N_ACC[0.5].mean(), abs=1e-12)
+    assert len(report.repeated) == 1 and report.repeated.iloc[0]["seed"] == 0
+
+
+def brute_sign_flip_p(d):
+    d = np.asarray(d)
+    obs = abs(d.mean())
+    hits = [abs(np.mean(np.array(signs) * d)) >= obs - 1e-12 for signs in itertools.product([1, -1], repeat=len(d))]
+    return sum(hits) / len(hits)
+
+
+def test_paired_comparison_against_random_by_seed(report):
+    gain = row(report, strategy="el2n", fraction=0.5)
+    d = EL2N_ACC[0.5] - RANDOM_ACC[0.5]
+    assert gain["vs_random_n"] == 6
+    assert gain["vs_random_diff"] == pytest.approx(d.mean(), abs=1e-12)
+    assert gain["vs_random_p"] == pytest.approx(2 / 64)  # all six differences positive: only +/- all-same as extreme
+    assert gain["vs_random_significant"]
+    assert 0 < gain["vs_random_lo"] < gain["vs_random_diff"] < gain["vs_random_hi"]
+
+    mixed = row(report, strategy="el2n", fraction=0.3)  # five shared seeds: seed 5 failed
+    d = EL2N_ACC[0.3][:5] - RANDOM_ACC[0.3][:5]
+    assert mixed["vs_random_n"] == 5
+    assert mixed["vs_random_p"] == pytest.approx(brute_sign_flip_p(d))
+    assert not mixed["vs_random_significant"]  # 5 pairs: p >= 2/32 whatever the data
+    assert pd.isna(row(report, strategy="random")["vs_random_significant"])
+
+
+@pytest.mark.parametrize("n", [3, 7, 20])
+def test_sign_flip_p_matches_enumeration(n):
+    d = np.random.default_rng(n).normal(0.3, 1, n)
+    if n <= 16:
+        assert sign_flip_p(d) == pytest.approx(brute_sign_flip_p(d))
+    else:  # sampled beyond 16 pairs: within Monte Carlo error of the exact value over 2**20 patterns
+        assert sign_flip_p(d) == pytest.approx(brute_sign_flip_p(d), abs=0.01)
+
+
+def brute_pareto(cost, acc):
+    n = len(cost)
+    return np.array([not any(cost[j] <= cost[i] and acc[j] >= acc[i] and (cost[j] < cost[i] or acc[j] > acc[i])
+                             for j in range(n)) for i in range(n)])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_pareto_mask_matches_brute_force_dominance(seed):
+    gen = np.random.default_rng(seed)
+    cost = gen.integers(0, 8, 25).astype(float)  # small integer grids force ties on both axes
+    acc = gen.integers(0, 8, 25).astype(float)
+    assert (pareto_mask(cost, acc) == brute_pareto(cost, acc)).all()
+
+
+def test_report_pareto_column_matches_brute_force(report):
+    s = report.summary[report.summary.dataset == "d1"]
+    expected = brute_pareto(s["total_s"].to_numpy(), s["accuracy"].to_numpy())
+    assert (s["pareto"].to_numpy() == expected).all()
+    assert s["pareto"].any() and not s["pareto"].all()
+
+
+def test_missing_seeds_and_failed_runs(report):
+    missing = report.missing.set_index(["dataset", "strategy", "fraction"])
+    assert missing.loc[("d1", "el2n", 0.3), "missing_seeds"] == "5"
+    assert missing.loc[("d2", "random", 0.5), "missing_seeds"] == "1 2 3 4 5"
+    assert len(missing) == 2
+    assert len(report.failed) == 1
+    failed = report.failed.iloc[0]
+    assert failed["status"] == "FAILED" and failed["error"] == "RuntimeError: CUDA out of memory"
+    assert (failed["strategy"], failed["fraction"], failed["seed"]) == ("el2n", 0.3, 5)
+
+
+def test_all_output_files_are_written(store, tmp_path):
+    out = tmp_path / "rep"
+    paths = build(EXPERIMENT, store, out)
+    names = {p.name for p in out.iterdir()}
+    assert {"report.md", "report.tex", "summary.csv", "report.html", "failed_runs.csv", "missing_seeds.csv"} <= names
+    for stem in ("accuracy_vs_total_s_d1_m1", "accuracy_vs_total_energy_j_d1_m1", "accuracy_vs_fraction_d1_m1",
+                 "accuracy_vs_total_s_d2_m2", "accuracy_vs_fraction_d2_m2"):
+        assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "<svg" in (out / f"{stem}.svg").read_text()
+    assert not (out / "accuracy_vs_total_energy_j_d2_m2.png").exists()  # d2 logged no energy
+
+    csv = pd.read_csv(paths["csv"], na_values=["n/a"])
+    r = csv[(csv.strategy == "random") & (csv.fraction == 0.3)].iloc[0]
+    assert r["accuracy"] == pytest.approx(RANDOM_ACC[0.3].mean(), rel=1e-9)
+    assert csv[csv.dataset == "d2"]["total_energy_j"].isna().all()
+
+    md = paths["md"].read_text()
+    el2n_05 = next(line for line in md.splitlines() if line.startswith("| el2n | 0.5 |"))
+    assert f"{EL2N_ACC[0.5].mean() * 100:.2f}" in el2n_05 and "p=0.031 n=6 *" in el2n_05
+    assert "RuntimeError: CUDA out of memory" in md and "| 1 2 3 4 5 |" in md
+
+    tex = paths["tex"].read_text()
+    assert tex.count(r"\toprule") == 2 and r"\bottomrule" in tex and r"el2n & 0.5 & 6" in tex
+
+    page = paths["html"].read_text()
+    assert page.count("<svg") == 5 and "<img" not in page and "http" not in page.split("<svg")[0]
+    assert "CUDA out of memory" in page
+
+
+def test_cli_prints_the_table_and_rejects_an_unknown_experiment(store, tmp_path):
+    res = subprocess.run([sys.executable, "-m", "harness.report", EXPERIMENT, "--tracking-uri", store,
+                          "--out", str(tmp_path / "r")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "| full | 1 | 6 |" in res.stdout and (tmp_path / "r" / "report.html").is_file()
+    res = subprocess.run([sys.executable, "-m", "harness.report", "nosuch", "--tracking-uri", store],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [f"winnow-report: error: experiment=nosuch: not found in {store}; "
+                                               "expected one of: Default, synth"]
