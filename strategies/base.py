@@ -127,6 +127,15 @@ def pick_balanced(ctx: SelectionContext, k: int, class_balance: bool,
     return np.sort(np.concatenate(parts))
 
 
+def rows(signal: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """signal[candidates] without a copy when the candidates are the whole set (1M x 384 is 1.5 GB)."""
+    signal = np.asarray(signal)
+    n = len(signal)
+    if len(candidates) == n and (n == 0 or (candidates[0] == 0 and candidates[-1] == n - 1)):
+        return signal  # candidates are sorted and unique, so this is arange(n)
+    return signal[candidates]
+
+
 def check_choice(key: str, value: str, options: tuple[str, ...]) -> None:
     if value not in options:
         raise SelectionError(f"{key}={value}: expected one of {', '.join(options)}")

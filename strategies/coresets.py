@@ -15,6 +15,7 @@ from strategies.base import (
     check_choice,
     l2_normalise,
     pick_balanced,
+    rows,
 )
 
 KEEP = ("hard", "easy")
@@ -114,7 +115,7 @@ class KCenterGreedy:
         self.reaches_target = True
 
     def select(self, ctx: SelectionContext) -> Selection:
-        emb = np.asarray(ctx.signals[self.embedding])[ctx.candidates]
+        emb = rows(ctx.signals[self.embedding], ctx.candidates)
 
         def pick(pos: np.ndarray, q: int) -> np.ndarray:
             return pos[kcenter_greedy(emb[pos], q, int(ctx.rng.integers(len(pos))), self.batch)]
@@ -131,7 +132,7 @@ class Herding:
         self.reaches_target = True
 
     def select(self, ctx: SelectionContext) -> Selection:
-        emb = np.asarray(ctx.signals[self.embedding])[ctx.candidates]
+        emb = rows(ctx.signals[self.embedding], ctx.candidates)
         return Selection(pick_balanced(ctx, ctx.n_target, self.class_balance,
                                        lambda pos, q: pos[herding(emb[pos], q)]))
 
@@ -184,7 +185,7 @@ class Prototypes:
         self.reaches_target = True
 
     def select(self, ctx: SelectionContext) -> Selection:
-        x = l2_normalise(np.asarray(ctx.signals[self.embedding])[ctx.candidates])
+        x = l2_normalise(rows(ctx.signals[self.embedding], ctx.candidates))
         centroids = spherical_kmeans(x, self.n_clusters, ctx.rng, self.niter)
         sim, _ = nearest_centroid(x, centroids)
         dist = 1.0 - sim.astype(np.float64)

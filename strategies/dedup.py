@@ -10,7 +10,7 @@ import hashlib
 
 import numpy as np
 
-from strategies.base import Selection, SelectionContext, SelectionError, check_choice, l2_normalise
+from strategies.base import Selection, SelectionContext, SelectionError, check_choice, l2_normalise, rows
 from strategies.coresets import nearest_centroid, spherical_kmeans
 
 
@@ -26,7 +26,7 @@ class ExactDedup:
     reaches_target = False
 
     def select(self, ctx: SelectionContext) -> Selection:
-        x = np.ascontiguousarray(np.asarray(ctx.signals["inputs"])[ctx.candidates])
+        x = np.ascontiguousarray(rows(ctx.signals["inputs"], ctx.candidates))
         seen: set[bytes] = set()
         keep = np.zeros(len(x), dtype=bool)
         for i, row in enumerate(x):
@@ -143,7 +143,7 @@ class SemDeDup:
         return m, assign
 
     def select(self, ctx: SelectionContext) -> Selection:
-        x = l2_normalise(np.asarray(ctx.signals[self.embedding])[ctx.candidates])
+        x = l2_normalise(rows(ctx.signals[self.embedding], ctx.candidates))
         m, _ = self.scores(x, ctx.rng)
         eps = self.eps if self.eps is not None else eps_for_target(m, min(ctx.n_target, len(m)))
         self.info["eps"] = eps
@@ -194,16 +194,16 @@ class KnnDedup:
         self.info: dict[str, float] = {}
 
     def select(self, ctx: SelectionContext) -> Selection:
-        x = l2_normalise(np.asarray(ctx.signals[self.embedding])[ctx.candidates])
+        x = l2_normalise(rows(ctx.signals[self.embedding], ctx.candidates))
         n = len(x)
-        rows, cols, sims = knn_graph(x, self.k_neighbors)
+        src, dst, sims = knn_graph(x, self.k_neighbors)
         if self.eps is not None:
             eps = self.eps
         else:
-            eps = self._bisect_eps(n, rows, cols, sims, min(ctx.n_target, n))
+            eps = self._bisect_eps(n, src, dst, sims, min(ctx.n_target, n))
         on = sims > 1.0 - eps
         self.info["eps"] = eps
-        keep = first_per_component(components(n, rows[on], cols[on]))
+        keep = first_per_component(components(n, src[on], dst[on]))
         return Selection(np.sort(ctx.candidates[keep]))
 
     @staticmethod
