@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from strategies.base import SelectionContext  # noqa: E402
+from strategies.base import SelectionContext, row_norms  # noqa: E402
 from strategies.coresets import kcenter_greedy, nearest_centroid, spherical_kmeans  # noqa: E402
 from strategies.dedup import SemDeDup, max_sim_to_earlier, within_cluster_order  # noqa: E402
 
@@ -52,10 +52,11 @@ def clustered_with_duplicates(n: int, d: int, n_dup: int, seed: int, spread: flo
     n_orig = n - n_dup
     for s in range(0, n_orig, chunk):
         e = min(s + chunk, n_orig)
-        x[s:e] = topics[rng.integers(0, 2000, e - s)] + spread / np.sqrt(d) * rng.standard_normal((e - s, d), dtype=np.float32)
+        noise = rng.standard_normal((e - s, d), dtype=np.float32)
+        x[s:e] = topics[rng.integers(0, 2000, e - s)] + spread / np.sqrt(d) * noise
     src = rng.choice(n_orig, n_dup, replace=False)
     x[n_orig:] = x[src] + 0.1 / np.sqrt(d) * rng.standard_normal((n_dup, d), dtype=np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x /= row_norms(x)[:, None]
     return x, src, np.arange(n_orig, n)
 
 

@@ -144,7 +144,16 @@ def check_choice(key: str, value: str, options: tuple[str, ...]) -> None:
 def l2_normalise(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm, float32 (zero rows stay zero). Returns `x` itself when already unit-norm."""
     x = np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms = row_norms(x)[:, None]
     if np.allclose(norms, 1.0, atol=1e-5):
         return x
     return x / np.maximum(norms, 1e-12)
+
+
+def row_norms(x: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
+    """L2 norm of each row, in chunks: np.linalg.norm(x, axis=1) would allocate a temporary the size of x."""
+    out = np.empty(len(x), dtype=np.float32)
+    for s in range(0, len(x), chunk_rows):
+        c = x[s : s + chunk_rows]
+        out[s : s + chunk_rows] = np.sqrt(np.einsum("ij,ij->i", c, c))
+    return out

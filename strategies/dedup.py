@@ -53,7 +53,7 @@ def within_cluster_order(assign: np.ndarray, sim_to_centroid: np.ndarray, keep: 
     return np.lexsort((np.arange(len(assign)), key, assign))
 
 
-def max_sim_to_earlier(x: np.ndarray, order: np.ndarray, assign: np.ndarray, block: int = 2048,
+def max_sim_to_earlier(x: np.ndarray, order: np.ndarray, assign: np.ndarray, block: int = 256,
                        device: str = "cpu") -> tuple[np.ndarray, float]:
     """SemDeDup's per-item score: M_j = max(0, max over earlier items i of j's cluster of cos(x_i, x_j)).
 
@@ -70,6 +70,7 @@ def max_sim_to_earlier(x: np.ndarray, order: np.ndarray, assign: np.ndarray, blo
     ends = np.concatenate([bounds, [len(order)]])
     flops = 0.0
     dev = torch.device(device)
+    strict_upper = torch.ones(block, block, dtype=torch.bool, device=dev).triu(1)  # i < j inside a diagonal block
     for s, e in zip(starts, ends):
         if e - s < 2:
             continue  # a cluster of one: nothing earlier, M = 0
@@ -80,7 +81,7 @@ def max_sim_to_earlier(x: np.ndarray, order: np.ndarray, assign: np.ndarray, blo
             b = min(a + block, e - s)
             sim = xc[:b] @ xc[a:b].T  # rows: items 0..b-1, columns: items a..b-1
             flops += 2.0 * b * (b - a) * x.shape[1]
-            sim[a:b].masked_fill_(~torch.ones(b - a, b - a, dtype=torch.bool, device=dev).triu(1), -torch.inf)
+            sim[a:b].masked_fill_(~strict_upper[: b - a, : b - a], -torch.inf)
             out[a:b] = sim.amax(0).clamp_min(0.0)
         scores[members] = out.cpu().numpy()
     return scores, flops
@@ -120,7 +121,7 @@ class SemDeDup:
     """
 
     def __init__(self, embedding: str = "embeddings", n_clusters: int = 100, eps: float | None = None,
-                 keep: str = "hard", niter: int = 20, max_points_per_centroid: int = 256, block: int = 2048,
+                 keep: str = "hard", niter: int = 20, max_points_per_centroid: int = 256, block: int = 256,
                  device: str = "cpu") -> None:
         check_eps(eps)
         check_choice("keep", keep, ("hard", "easy", "random"))
