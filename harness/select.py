@@ -19,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 from harness.config import constructor_args
 from harness.data import Dataset
 from harness.errors import UserError
-from harness.seeding import numpy_rng
 from strategies.base import Selection, SelectionContext, SelectionError, Stage
 from strategies.pipeline import Pipeline
 
@@ -96,6 +95,8 @@ def check_strategy(cfg: DictConfig) -> Pipeline:
 def select(stage: Stage, strategy_cfg: DictConfig, data: Dataset, seed: int, signals: dict | None = None,
            observe=None) -> Selection:
     """Run `stage` over the whole training set with the configured target fraction."""
+    from harness.seeding import numpy_rng  # imports torch: not at module level (the preflight imports this module)
+
     signals = signals or {}
     missing = sorted(stage.needs - signals.keys())
     if missing:

@@ -17,7 +17,6 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from harness.data import Dataset, atomic_save_npz
-from harness.seeding import numpy_rng
 
 # Signals the probe computes (harness/signals/probe.py); one probe yields all of them, cheap next to its training.
 PROBE_SIGNALS = ("embeddings", "losses", "loss", "el2n", "grand", "forgetting", "least_confidence", "margin",
@@ -44,6 +43,7 @@ def probe_key(cfg: DictConfig, data: Dataset) -> str:
 
 
 def data_signal(name: str, data: Dataset, seed: int, projection_dim: int) -> np.ndarray:
+    from harness.seeding import numpy_rng  # imports torch: kept out of the preflight's imports
     from strategies.base import l2_normalise
 
     if name == "inputs":
