@@ -68,6 +68,7 @@ def test_probe_signals_are_cached_content_addressed(tmp_path):
     first, info1 = compute_signals(needs, cfg, data, torch.device("cpu"))
     again, info2 = compute_signals(needs, cfg, data, torch.device("cpu"))
     assert info1["cache_hit"] == 0 and info2["cache_hit"] == 1
+    assert info1["probe_train_s"] == info2["probe_train_s"] > 0  # the original cost travels with the cache
     for k in needs:
         assert np.array_equal(first[k], again[k]), k
     assert first["embeddings"].shape == (120, 16) and first["losses"].shape == (120, 3)

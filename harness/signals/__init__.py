@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ PROBE_SIGNALS = ("embeddings", "losses", "loss", "el2n", "grand", "forgetting", 
 # to unit norm ("raw"), and a seeded Gaussian random projection of them, unit norm ("projection").
 DATA_SIGNALS = ("inputs", "raw", "projection")
 ALL_SIGNALS = PROBE_SIGNALS + DATA_SIGNALS
-CACHE_VERSION = 1  # bump when the probe's computation changes, so old caches are not read
+CACHE_VERSION = 2  # bump when the probe's computation changes, so old caches are not read
 
 
 def probe_key(cfg: DictConfig, data: Dataset) -> str:
@@ -57,7 +58,8 @@ def data_signal(name: str, data: Dataset, seed: int, projection_dim: int) -> np.
 
 def compute_signals(needs: frozenset[str], cfg: DictConfig, data: Dataset,
                     device) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """The signals in `needs`, and info for the run record: `cache_hit` (1/0) and `probe_test_accuracy`."""
+    """The signals in `needs`, and info for the run record: `cache_hit` (1/0), `probe_test_accuracy` and
+    `probe_train_s` (the probe's training time when it was computed, also on a cache hit)."""
     out: dict[str, np.ndarray] = {}
     info: dict[str, float] = {}
     for name in sorted(needs & set(DATA_SIGNALS)):
@@ -71,9 +73,14 @@ def compute_signals(needs: frozenset[str], cfg: DictConfig, data: Dataset,
         else:
             from harness.signals.probe import run_probe
 
+            start = time.perf_counter()
             probe = run_probe(cfg, data, device)
+            probe["probe_train_s"] = np.array(time.perf_counter() - start)
             atomic_save_npz(path, **probe)
         info["cache_hit"] = float(hit)
         info["probe_test_accuracy"] = float(probe["probe_test_accuracy"])
+        # What training the probe cost when it was computed: a cache hit spends only the read (probe_s), and a
+        # report that charges each strategy its full probe reads this.
+        info["probe_train_s"] = float(probe["probe_train_s"])
         out.update({k: probe[k] for k in needs & set(PROBE_SIGNALS)})
     return out, info
