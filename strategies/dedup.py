@@ -59,6 +59,8 @@ def max_sim_to_earlier(x: np.ndarray, order: np.ndarray, assign: np.ndarray, blo
 
     This is the reference code's `max(triu(S, diagonal=1), dim=0)` with S the cluster's similarity matrix in
     `order`; only the upper triangle is computed, `block` columns at a time (memory: cluster size x block).
+    Zeros below the diagonal are harmless because M is clamped at 0, as in the reference. torch (CPU or CUDA):
+    on the CPU its OpenMP pool coexists with FAISS's, where numpy's OpenBLAS pool spins against both.
     Returns the scores indexed by position and the matmul flops spent.
     """
     import torch
@@ -69,20 +71,20 @@ def max_sim_to_earlier(x: np.ndarray, order: np.ndarray, assign: np.ndarray, blo
     starts = np.concatenate([[0], bounds])
     ends = np.concatenate([bounds, [len(order)]])
     flops = 0.0
-    dev = torch.device(device)
-    strict_upper = torch.ones(block, block, dtype=torch.bool, device=dev).triu(1)  # i < j inside a diagonal block
     for s, e in zip(starts, ends):
         if e - s < 2:
             continue  # a cluster of one: nothing earlier, M = 0
         members = order[s:e]
-        xc = torch.from_numpy(np.ascontiguousarray(x[members])).to(dev)
-        out = torch.zeros(e - s, dtype=torch.float32, device=dev)
+        xc = torch.from_numpy(np.ascontiguousarray(x[members])).to(device)
+        out = torch.empty(e - s, dtype=torch.float32, device=device)
         for a in range(0, e - s, block):
             b = min(a + block, e - s)
             sim = xc[:b] @ xc[a:b].T  # rows: items 0..b-1, columns: items a..b-1
             flops += 2.0 * b * (b - a) * x.shape[1]
-            sim[a:b].masked_fill_(~strict_upper[: b - a, : b - a], -torch.inf)
-            out[a:b] = sim.amax(0).clamp_min(0.0)
+            m = sim[a:b].triu(1).amax(0)
+            if a:
+                m = torch.maximum(m, sim[:a].amax(0))
+            out[a:b] = m.clamp_min(0.0)
         scores[members] = out.cpu().numpy()
     return scores, flops
 
