@@ -45,6 +45,17 @@ class CorruptionConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """The proxy training that per-sample signals come from (harness/signals); runs only for strategies that need it."""
+
+    model: Any = None  # proxy model config (a mapping with _target_); null: the trial's model
+    epochs: int = 20  # proxy training epochs, with the trial's optimizer and batch size
+    runs: int = 2  # independent proxy runs (own init and data order); EL2N/GraNd/forgetting averaged over them
+    score_epoch: int = 10  # epoch whose outputs give EL2N and GraNd (Paul et al. 2021 score early in training)
+    projection_dim: int = 128  # width of the `projection` signal (random projection of the raw inputs)
+
+
+@dataclass
 class WinnowConfig:
     dataset: Any = MISSING
     model: Any = MISSING
@@ -52,6 +63,7 @@ class WinnowConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     seed: int = 0
     cache_dir: str = ".winnow/cache"  # generated datasets and signals, content-addressed
 
@@ -130,6 +142,18 @@ def validate(cfg: DictConfig, check_files: bool = True) -> None:
     _positive_int("trainer.workers", t.workers)
     if t.device != "auto" and not (t.device == "cpu" or t.device.startswith("cuda")):
         raise UserError(f"trainer.device={t.device}: expected auto, cpu, cuda or cuda:N")
+
+    p = cfg.probe
+    for key in ("epochs", "runs", "score_epoch", "projection_dim"):
+        _positive_int(f"probe.{key}", p[key])
+    if p.score_epoch > p.epochs:
+        raise UserError(f"probe.score_epoch={p.score_epoch}: expected at most probe.epochs ({p.epochs})")
+    if p.model is not None:
+        _check_target("probe.model", p.model)
+
+    from harness.select import check_strategy  # numpy-only imports: keeps the preflight fast
+
+    check_strategy(cfg)
 
     source = _instantiate_dataset(cfg)
     if check_files:

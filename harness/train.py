@@ -80,8 +80,11 @@ def _batches(
 
 
 def train(model: nn.Module, data: Dataset, selection: Selection, cfg: DictConfig, seed: int,
-          device: torch.device) -> TrainOutcome:
-    """Train `model` in place on the selected samples; evaluate on the test split every few epochs."""
+          device: torch.device, on_epoch_end: Callable[[int, nn.Module], None] | None = None) -> TrainOutcome:
+    """Train `model` in place on the selected samples; evaluate on the test split every few epochs.
+
+    `on_epoch_end(epoch, model)` runs after each epoch's steps (the signal probe records per-epoch outputs there).
+    """
     x = torch.from_numpy(data.x_train[selection.indices]).to(device)
     y = torch.from_numpy(data.y_train[selection.indices]).to(device)
     x_test = torch.from_numpy(data.x_test).to(device)
@@ -124,6 +127,8 @@ def train(model: nn.Module, data: Dataset, selection: Selection, cfg: DictConfig
             if out.steps >= total_steps:
                 break
         out.epochs = epoch
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, model)
         out.train_loss.append((epoch, loss_sum.item() / max(n_batches, 1)))
         if epoch % cfg.eval_every_epochs == 0 or out.steps >= total_steps:
             start = time.perf_counter()

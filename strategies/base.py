@@ -108,3 +108,52 @@ def take_top(candidates: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
     """The k candidates with the highest score; ties broken by position (stable)."""
     order = np.argsort(-scores, kind="stable")
     return np.sort(candidates[order[:k]])
+
+
+def pick_balanced(ctx: SelectionContext, k: int, class_balance: bool,
+                  pick: Callable[[np.ndarray, int], np.ndarray]) -> np.ndarray:
+    """Choose k of the candidates with `pick`, over all of them or class by class (quotas from `class_quota`).
+
+    pick(pos, q) gets positions into `ctx.candidates` (all, or one class's) and returns q of them.
+    Returns sorted indices into the original training set.
+    """
+    cand = ctx.candidates
+    k = min(k, len(cand))
+    if not class_balance:
+        return np.sort(cand[pick(np.arange(len(cand)), k)])
+    labels = ctx.labels[cand]
+    quota = class_quota(labels, k, ctx.num_classes, ctx.rng)
+    parts = [cand[pick(np.flatnonzero(labels == c), int(q))] for c, q in enumerate(quota) if q]
+    return np.sort(np.concatenate(parts))
+
+
+def rows(signal: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """signal[candidates] without a copy when the candidates are the whole set (1M x 384 is 1.5 GB)."""
+    signal = np.asarray(signal)
+    n = len(signal)
+    if len(candidates) == n and (n == 0 or (candidates[0] == 0 and candidates[-1] == n - 1)):
+        return signal  # candidates are sorted and unique, so this is arange(n)
+    return signal[candidates]
+
+
+def check_choice(key: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise SelectionError(f"{key}={value}: expected one of {', '.join(options)}")
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm, float32 (zero rows stay zero). Returns `x` itself when already unit-norm."""
+    x = np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float32)
+    norms = row_norms(x)[:, None]
+    if np.allclose(norms, 1.0, atol=1e-5):
+        return x
+    return x / np.maximum(norms, 1e-12)
+
+
+def row_norms(x: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
+    """L2 norm of each row, in chunks: np.linalg.norm(x, axis=1) would allocate a temporary the size of x."""
+    out = np.empty(len(x), dtype=np.float32)
+    for s in range(0, len(x), chunk_rows):
+        c = x[s : s + chunk_rows]
+        out[s : s + chunk_rows] = np.sqrt(np.einsum("ij,ij->i", c, c))
+    return out

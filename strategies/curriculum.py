@@ -1,0 +1,77 @@
+"""Curricula: an order over the selected samples plus a pacing function (Wu, Dyer & Neyshabur, ICLR 2021).
+
+The trainer draws each batch uniformly from the first g(t)*n samples of the order at training progress t.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import numpy as np
+
+from strategies.base import Selection, SelectionContext, SelectionError, check_choice
+
+PACINGS = ("linear", "quad", "root", "step", "exp", "log")
+ORDERINGS = ("curriculum", "anti", "random", "standard")
+_C = 10.0  # steepness of exp/log pacing, as in the paper's code (utils.get_pacing_function)
+
+
+def pacing_value(name: str, a: float, b: float, t: float) -> float:
+    """g(t): fraction of the ordered data available at progress t in [0, 1], clipped to at most 1.
+
+    The paper's families with T = 1 (its formulas divided by N): the data starts at b and is all in at t = a.
+      linear b + (1-b) t/a            quad b + (1-b) (t/a)^2          root b + (1-b) sqrt(t/a)
+      step   b + floor(t/a)           exp  b + (1-b) (e^(10 t/a) - 1) / (e^10 - 1)
+      log    b + (1-b) (1 + ln(t/a + e^-10) / 10)
+    """
+    r = t / a
+    if name == "linear":
+        g = b + (1 - b) * r
+    elif name == "quad":
+        g = b + (1 - b) * r**2
+    elif name == "root":
+        g = b + (1 - b) * math.sqrt(r)
+    elif name == "step":
+        g = b + math.floor(r)
+    elif name == "exp":
+        g = b + (1 - b) * math.expm1(min(_C * r, 700.0)) / math.expm1(_C)
+    elif name == "log":
+        g = b + (1 - b) * (1 + math.log(r + math.exp(-_C)) / _C)
+    else:
+        raise SelectionError(f"pacing={name}: expected one of {', '.join(PACINGS)}")
+    return min(1.0, g)
+
+
+class Curriculum:
+    """Order the candidates by a difficulty signal and pace them in.
+
+    ordering: curriculum (easy -> hard), anti (hard -> easy), random (a fixed random order, still paced: the
+    paper's random-curriculum), standard (no order, no pacing: plain i.i.d. training). A 2-D signal (per-epoch
+    losses) is reduced to its mean over epochs. Keeps every candidate; put a coreset stage before it to subset.
+    """
+
+    reaches_target = False
+
+    def __init__(self, signal: str = "el2n", ordering: str = "curriculum", pacing: str = "linear", a: float = 0.8,
+                 b: float = 0.2) -> None:
+        check_choice("ordering", ordering, ORDERINGS)
+        check_choice("pacing", pacing, PACINGS)
+        if not 0 < a:
+            raise SelectionError(f"a={a}: expected a positive number (fraction of training until all data is in)")
+        if not 0 < b <= 1:
+            raise SelectionError(f"b={b}: expected a number in (0, 1] (starting fraction of the data)")
+        self.signal, self.ordering, self.pacing, self.a, self.b = signal, ordering, pacing, a, b
+        self.needs = frozenset({signal}) if ordering in ("curriculum", "anti") else frozenset()
+
+    def select(self, ctx: SelectionContext) -> Selection:
+        idx = np.sort(ctx.candidates)
+        if self.ordering == "standard":
+            return Selection(idx)
+        if self.ordering == "random":
+            order = ctx.rng.permutation(len(idx))
+        else:
+            d = np.asarray(ctx.signals[self.signal], dtype=np.float64)
+            d = (d.mean(1) if d.ndim == 2 else d)[idx]
+            order = np.argsort(d if self.ordering == "curriculum" else -d, kind="stable")
+        return Selection(idx, order=order, pacing=partial(pacing_value, self.pacing, self.a, self.b))

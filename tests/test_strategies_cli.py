@@ -1,0 +1,62 @@
+"""The strategy library through the real entry point: a tiny sweep, its records, and one-line errors."""
+
+import time
+
+import pytest
+
+from tests.conftest import run_cli, runs_of
+
+TINY = ("trainer.epochs=1", "probe.epochs=2", "probe.score_epoch=1", "probe.runs=1")
+
+
+def test_sweep_shares_one_probe_and_costs_it(store, cache_dir, tmp_path):
+    sig_cache = str(tmp_path / "cache")  # own signal cache, so the first run must train the probe
+    res = run_cli("-m", "strategy=el2n,semdedup,pipeline", "strategy.fraction=0.5", *TINY,
+                  f"tracking.uri={store}", f"cache_dir={sig_cache}", timeout=600)
+    assert res.returncode == 0, res.stderr
+    runs = runs_of(store).set_index("tags.strategy")
+    assert (runs["status"] == "FINISHED").all()
+    assert runs.loc["el2n", "tags.cache_hit"] == "False"  # the basic launcher runs jobs in order
+    assert runs.loc["semdedup", "tags.cache_hit"] == "True" and runs.loc["pipeline", "tags.cache_hit"] == "True"
+    parts = ["data_s", "probe_s", "selection_s", "train_s", "eval_s"]
+    for name, run in runs.iterrows():
+        assert sum(run[f"metrics.{p}"] for p in parts) == pytest.approx(run["metrics.total_s"], rel=1e-6), name
+    assert runs.loc["el2n", "metrics.n_selected"] == 2000 and runs.loc["semdedup", "metrics.n_selected"] == 2000
+    assert runs.loc["semdedup", "metrics.stage1_semdedup_removed"] == 2000
+    assert 0 < runs.loc["semdedup", "metrics.stage1_semdedup_eps"] < 1
+    p = runs.loc["pipeline"]
+    assert p["metrics.stage1_exact_dedup_removed"] == 0  # MNIST-1D has no byte-identical samples
+    removed = p["metrics.stage1_exact_dedup_removed"] + p["metrics.stage2_semdedup_removed"] + \
+        p["metrics.stage3_el2n_removed"]
+    assert 4000 - removed == p["metrics.n_selected"] <= 2000
+    assert p["metrics.stage2_semdedup_s"] > 0
+
+
+BAD = [
+    (["strategy=semdedup", "strategy.eps=1.5"], "strategy.eps=1.5: expected a number in (0, 1)"),
+    (["strategy=pipeline", "strategy.pipeline=[exact_dedup,nosuch]"], "strategy.pipeline[1]=nosuch: no such strategy"),
+    (["strategy=el2n", "strategy.signal=aum"], "strategy=el2n needs signal aum, which no probe provides"),
+    (["strategy=exact_dedup", "strategy.fraction=0.5"], "strategy.fraction=0.5: no stage of exact_dedup"),
+    (["strategy=pipeline", "strategy.pipeline=[exact_dedup,{name:semdedup,eps:0.1}]"],
+     "strategy.fraction=0.5: no stage of pipeline"),
+    (["strategy=curriculum", "strategy.pacing=cubic"], "strategy.pacing=cubic: expected one of linear"),
+    (["strategy=el2n", "probe.score_epoch=50"], "probe.score_epoch=50: expected at most probe.epochs (20)"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD)
+def test_bad_strategy_input_stops_before_compute_with_one_line(overrides, message, store):
+    start = time.monotonic()
+    res = run_cli(*overrides, f"tracking.uri={store}")
+    assert time.monotonic() - start < 10
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and message in lines[0], res.stderr
+
+
+def test_more_clusters_than_samples_fails_before_training(store, cache_dir):
+    res = run_cli("strategy=semdedup", "strategy.embedding=raw", "strategy.n_clusters=5000", "trainer.epochs=1",
+                  f"tracking.uri={store}", f"cache_dir={cache_dir}")
+    assert res.returncode == 2
+    assert "strategy: n_clusters=5000: expected between 1 and the number of candidates (4000)" in res.stderr
+    run = runs_of(store).iloc[0]
+    assert run["status"] == "FAILED" and "metrics.train_s" not in run.index  # stopped before training

@@ -1,0 +1,151 @@
+"""Coresets against brute-force references written here, on small random inputs and several seeds."""
+
+import numpy as np
+import pytest
+
+from strategies.base import SelectionContext, SelectionError
+from strategies.coresets import (
+    CCS,
+    Herding,
+    KCenterGreedy,
+    Prototypes,
+    ScoreCoreset,
+    ccs_select,
+    herding,
+    kcenter_greedy,
+    nearest_centroid,
+    spherical_kmeans,
+)
+
+
+def ctx(labels, fraction, seed=0, **signals):
+    labels = np.asarray(labels)
+    return SelectionContext(np.arange(len(labels)), labels, int(labels.max()) + 1, fraction,
+                            np.random.default_rng(seed), signals)
+
+
+def brute_kcenter(x, k, first):
+    x = x.astype(np.float64)
+    chosen = [first]
+    while len(chosen) < k:
+        d = np.min([((x - x[c]) ** 2).sum(1) for c in chosen], axis=0)
+        d[chosen] = -1
+        chosen.append(int(np.argmax(d)))
+    return np.array(chosen)
+
+
+def brute_herding(x, k):
+    x = x.astype(np.float64)
+    mu, chosen = x.mean(0), []
+    for t in range(1, k + 1):
+        s = x[chosen].sum(0)
+        obj = [np.inf if i in chosen else np.linalg.norm(mu - (s + x[i]) / t) for i in range(len(x))]
+        chosen.append(int(np.argmin(obj)))
+    return np.array(chosen)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("batch", [1, 4, 128])  # batch 1/4 forces many recomputed columns
+def test_kcenter_greedy_equals_brute_force(seed, batch):
+    x = np.random.default_rng(seed).normal(size=(120, 5)).astype(np.float32)
+    assert np.array_equal(kcenter_greedy(x, 30, first=seed, batch=batch), brute_kcenter(x, 30, seed))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_herding_equals_brute_force(seed):
+    x = np.random.default_rng(seed).normal(size=(60, 4))
+    assert np.array_equal(herding(x, 20), brute_herding(x, 20))
+
+
+def test_kcenter_stage_uses_seeded_first_centre_and_class_balance():
+    rng = np.random.default_rng(0)
+    emb, labels = rng.normal(size=(90, 3)), np.repeat([0, 1, 2], 30)
+    sel = KCenterGreedy(class_balance=True).select(ctx(labels, 0.2, seed=5, embeddings=emb)).indices
+    # reference: per class, the same rng draws (class_quota, then one first centre per class in class order)
+    r = np.random.default_rng(5)
+    from strategies.base import class_quota
+
+    quota = class_quota(labels, 18, 3, r)
+    ref = []
+    for c in range(3):
+        pos = np.flatnonzero(labels == c)
+        ref += list(pos[brute_kcenter(emb[pos], quota[c], int(r.integers(len(pos))))])
+    assert np.array_equal(sel, np.sort(ref)) and np.bincount(labels[sel]).tolist() == [6, 6, 6]
+
+
+def test_all_identical_inputs_kcenter_and_herding_still_return_k_distinct():
+    x = np.ones((10, 3))
+    assert np.array_equal(kcenter_greedy(x, 4, first=7), [7, 0, 1, 2])  # ties go to the lowest position
+    assert np.array_equal(herding(x, 3), [0, 1, 2])
+
+
+def test_score_coreset_keeps_hardest_or_easiest_and_fraction_edges():
+    rng = np.random.default_rng(1)
+    s, labels = rng.random(40), np.repeat(np.arange(4), 10)
+    hard = ScoreCoreset("el2n").select(ctx(labels, 0.25, el2n=s)).indices
+    assert np.array_equal(hard, np.sort(np.argsort(-s)[:10]))
+    easy = ScoreCoreset("el2n", keep="easy").select(ctx(labels, 0.25, el2n=s)).indices
+    assert np.array_equal(easy, np.sort(np.argsort(s)[:10]))
+    assert np.array_equal(ScoreCoreset("el2n").select(ctx(labels, 1.0, el2n=s)).indices, np.arange(40))
+    # below one sample per class, balanced: still one sample, the hardest of the class the quota drew
+    one = ScoreCoreset("el2n", class_balance=True).select(ctx(labels, 0.01, el2n=s)).indices
+    c = labels[one[0]]
+    assert len(one) == 1 and one[0] == np.flatnonzero(labels == c)[np.argmax(s[labels == c])]
+
+
+def brute_ccs(scores, k, beta, n_strata, rng):
+    n = len(scores)
+    cut = set(np.argsort(-scores, kind="stable")[: int(beta * n)].tolist())
+    kept = [i for i in range(n) if i not in cut]
+    lo, hi = min(scores[kept]), max(scores[kept])
+    edges = np.linspace(lo, hi, n_strata + 1)
+    strata = {j: [] for j in range(n_strata)}
+    for i in kept:  # interval [e_j, e_j+1), the last one closed
+        j = next((j for j in range(n_strata) if edges[j] <= scores[i] < edges[j + 1]), n_strata - 1)
+        strata[j].append(i)
+    strata = {j: m for j, m in strata.items() if m}
+    budget, out = k, []
+    while strata:
+        j = min(strata, key=lambda j: (len(strata[j]), j))
+        m = min(len(strata[j]), budget // len(strata))
+        out += list(rng.choice(np.array(strata[j]), size=m, replace=False))
+        budget -= m
+        del strata[j]
+    return np.sort(out)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ccs_equals_reference_strata_and_budget(seed):
+    scores = np.random.default_rng(seed).gamma(2.0, size=300)  # skewed: strata of very different sizes
+    got = ccs_select(scores, 100, 0.1, 10, np.random.default_rng(seed))
+    ref = brute_ccs(scores, 100, 0.1, 10, np.random.default_rng(seed))
+    assert np.array_equal(got, ref)
+    assert 100 - 10 < len(got) <= 100 and not set(np.argsort(-scores)[:30]) & set(got)
+
+
+def test_ccs_beta_leaving_too_few_is_an_error():
+    with pytest.raises(SelectionError, match="beta=0.8"):
+        CCS(beta=0.8).select(ctx(np.zeros(50, int), 0.5, el2n=np.random.default_rng(0).random(50)))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_prototypes_score_is_distance_to_nearest_faiss_centroid(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(200, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    sel = Prototypes(n_clusters=5).select(ctx(np.zeros(200, int), 0.3, seed=seed, embeddings=x)).indices
+    centroids = spherical_kmeans(x, 5, np.random.default_rng(seed))
+    dist = 1 - (x @ centroids.T).max(1)  # brute-force nearest centroid
+    assert np.allclose(1 - nearest_centroid(x, centroids)[0], dist, atol=1e-6)
+    assert np.array_equal(sel, np.sort(np.argsort(-dist, kind="stable")[:60]))
+
+
+def test_more_clusters_than_samples_is_a_clear_error():
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    with pytest.raises(SelectionError, match="n_clusters=20: expected between 1 and the number of candidates"):
+        Prototypes(n_clusters=20).select(ctx(np.zeros(8, int), 0.5, embeddings=x))
+
+
+def test_herding_stage_fraction_one_keeps_all():
+    x = np.random.default_rng(0).normal(size=(12, 3))
+    assert np.array_equal(Herding().select(ctx(np.zeros(12, int), 1.0, embeddings=x)).indices, np.arange(12))
