@@ -78,11 +78,27 @@ _NOT_IDENTITY = ("tracking", "cache_dir", "hydra")
 LABEL_KEYS = ("name", "fraction")
 
 
+# Strategies that keep every sample whatever the target: a sweep over fractions runs them once.
+_KEEPS_ALL = ("strategies.simple.Full",)
+
+
+def effective_fraction(cfg: DictConfig) -> float:
+    """The target fraction the trial really works to: 1 for `full`, whatever `strategy.fraction` says.
+
+    So `-m strategy=full,random strategy.fraction=0.1,0.3` gives full one identity and one report row.
+    """
+    if cfg.strategy.get("_target_") in _KEEPS_ALL:
+        return 1.0
+    return float(cfg.strategy.get("fraction", 1.0))
+
+
 def config_hash(cfg: DictConfig) -> str:
     """Names a trial by its resolved config minus output locations; resume and caches key on it."""
     d = OmegaConf.to_container(cfg, resolve=True)
     for k in _NOT_IDENTITY:
         d.pop(k, None)
+    if isinstance(d.get("strategy"), dict) and "fraction" in d["strategy"]:
+        d["strategy"]["fraction"] = effective_fraction(cfg)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -13,7 +13,7 @@ from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from harness import manifest
-from harness.config import config_hash, constructor_args, validate
+from harness.config import config_hash, constructor_args, effective_fraction, validate
 from harness.data import Dataset
 from harness.data.corrupt import add_label_noise
 from harness.meters import Meter
@@ -54,7 +54,7 @@ def _peak_rss_bytes() -> int:
 
 def run_name(cfg: DictConfig) -> str:
     s = cfg.strategy
-    frac = s.get("fraction", 1.0)
+    frac = effective_fraction(cfg)
     return f"{s.get('name', 'strategy')}-f{frac:g}-{cfg.model.get('name', 'model')}-s{cfg.seed}"
 
 
@@ -67,7 +67,7 @@ def run_trial(cfg: DictConfig) -> TrialResult:
         "strategy": cfg.strategy.get("name", cfg.strategy._target_),
         "dataset": cfg.dataset.get("name", cfg.dataset._target_),
         "model": cfg.model.get("name", cfg.model._target_),
-        "fraction": cfg.strategy.get("fraction", 1.0),
+        "fraction": effective_fraction(cfg),
         "seed": cfg.seed,
         "config_hash": chash,
         "git_commit": commit,

@@ -1,0 +1,23 @@
+from hydra import compose, initialize_config_dir
+
+from harness.config import config_hash, effective_fraction, register_schemas
+from harness.preflight import CONF_DIR
+
+
+def composed(*overrides: str):
+    register_schemas()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_full_is_one_trial_whatever_fraction_a_sweep_gives_it():
+    a, b = composed("strategy=full"), composed("strategy=full", "strategy.fraction=0.3")
+    assert effective_fraction(b) == 1.0
+    assert config_hash(a) == config_hash(b)
+
+
+def test_identity_ignores_where_results_go_but_not_what_is_trained():
+    base = config_hash(composed("strategy=random"))
+    assert config_hash(composed("strategy=random", "tracking.experiment=other", "cache_dir=/tmp/x")) == base
+    assert config_hash(composed("strategy=random", "strategy.fraction=0.3")) != base
+    assert config_hash(composed("strategy=random", "seed=1")) != base
