@@ -31,6 +31,8 @@ class TrainerConfig:
     compile: bool = False  # torch.compile, CUDA only
     deterministic: bool = False  # torch.use_deterministic_algorithms
     workers: int = 1  # data-parallel workers for one trial
+    target_accuracy: float | None = None  # time-to-accuracy: log tta_s/tta_steps/tta_energy_j when test acc reaches it
+    stop_at_target: bool = False  # end training at the first evaluation that reaches target_accuracy
 
 
 @dataclass
@@ -56,6 +58,17 @@ class ProbeConfig:
 
 
 @dataclass
+class CostConfig:
+    """How energy is estimated and what it costs (docs/cost.md). Not part of a trial's identity (config_hash)."""
+
+    watts_per_core: float | None = 12.0  # CPU estimate without RAPL: W per busy core (TDP/core); null: no estimate
+    poll_s: float = 0.1  # background sampling period: NVML power without an energy counter, RAPL wrap-around
+    co2e_g_per_kwh: float = 475.0  # world-average grid carbon intensity (IEA 2019; CodeCarbon's fallback)
+    usd_per_gpu_hour: float = 2.5  # on-demand price of one data-centre GPU (order of magnitude; set yours)
+    usd_per_cpu_core_hour: float = 0.04  # on-demand price of one vCPU (order of magnitude; set yours)
+
+
+@dataclass
 class WinnowConfig:
     dataset: Any = MISSING
     model: Any = MISSING
@@ -64,6 +77,7 @@ class WinnowConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
     seed: int = 0
     cache_dir: str = ".winnow/cache"  # generated datasets and signals, content-addressed
 
@@ -73,7 +87,7 @@ def register_schemas() -> None:
 
 
 # Keys that name where things go, not what the trial is: left out of the config hash.
-_NOT_IDENTITY = ("tracking", "cache_dir", "hydra")
+_NOT_IDENTITY = ("tracking", "cache_dir", "hydra", "cost")
 # Labels in group configs that are not constructor arguments.
 LABEL_KEYS = ("name", "fraction")
 
@@ -158,6 +172,18 @@ def validate(cfg: DictConfig, check_files: bool = True) -> None:
     _positive_int("trainer.workers", t.workers)
     if t.device != "auto" and not (t.device == "cpu" or t.device.startswith("cuda")):
         raise UserError(f"trainer.device={t.device}: expected auto, cpu, cuda or cuda:N")
+
+    if t.target_accuracy is not None and not 0 < t.target_accuracy <= 1:
+        raise UserError(f"trainer.target_accuracy={t.target_accuracy}: expected a number in (0, 1] or null")
+    if t.stop_at_target and t.target_accuracy is None:
+        raise UserError("trainer.stop_at_target=true: expected trainer.target_accuracy to be set")
+    c = cfg.cost
+    if c.watts_per_core is not None and c.watts_per_core <= 0:
+        raise UserError(f"cost.watts_per_core={c.watts_per_core}: expected a positive number or null")
+    for key in ("poll_s", "co2e_g_per_kwh", "usd_per_gpu_hour", "usd_per_cpu_core_hour"):
+        if c[key] < 0 or (key == "poll_s" and c[key] == 0):
+            kind = "positive" if key == "poll_s" else "non-negative"
+            raise UserError(f"cost.{key}={c[key]}: expected a {kind} number")
 
     p = cfg.probe
     for key in ("epochs", "runs", "score_epoch", "projection_dim"):

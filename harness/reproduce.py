@@ -28,7 +28,7 @@ from harness.tracking import DEFAULT_URI
 EXIT_OK, EXIT_DIFFERS, EXIT_USER, EXIT_DATA_CHANGED = 0, 1, 2, 3
 # Measurements of cost, not results: they vary run to run and are shown, never compared.
 COST_SUFFIXES = ("_s", "_bytes", "_j")
-COST_NAMES = frozenset({"gpu_hours", "kwh", "co2e_g", "cost_usd"})
+COST_NAMES = frozenset({"gpu_hours", "cpu_core_hours", "kwh", "energy_kwh", "co2e_g", "cost_usd"})
 # Counts fixed by the config and the selection: equal on any device.
 EXACT = frozenset({"n_selected", "n_train", "selected_fraction", "steps", "epochs", "num_params"})
 # On a GPU (either run), kernels are not bitwise deterministic by default (cuDNN/cuBLAS algorithm

@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,8 +20,12 @@ from omegaconf import DictConfig
 from torch import nn
 
 from harness.data import Dataset
+from harness.flops import step_flops
 from harness.seeding import torch_generator
 from strategies import Selection
+
+if TYPE_CHECKING:
+    from harness.meters import Meter
 
 
 @dataclass
@@ -33,6 +38,13 @@ class TrainOutcome:
     train_loss: list[tuple[int, float]] = field(default_factory=list)  # (epoch, mean loss)
     test_accuracy: list[tuple[int, float]] = field(default_factory=list)  # (epoch, accuracy)
     eval_s: float = 0.0  # evaluation inside the training loop, to be booked as eval, not train
+    step_flops: int = 0  # forward + backward FLOPs of one full batch (harness/flops.py)
+    # Time-to-accuracy (trainer.target_accuracy): at the end of the first epoch whose evaluation reached it,
+    # training wall time since train() began (evaluation excluded, as in train_s), steps, and the meter's energy
+    # over the same span (evaluation's time share taken out). NaN when never reached.
+    tta_s: float = math.nan
+    tta_steps: float = math.nan
+    tta_energy_j: float = math.nan
 
 
 def resolve_device(name: str) -> torch.device:
@@ -80,11 +92,16 @@ def _batches(
 
 
 def train(model: nn.Module, data: Dataset, selection: Selection, cfg: DictConfig, seed: int,
-          device: torch.device, on_epoch_end: Callable[[int, nn.Module], None] | None = None) -> TrainOutcome:
+          device: torch.device, on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+          meter: Meter | None = None) -> TrainOutcome:
     """Train `model` in place on the selected samples; evaluate on the test split every few epochs.
 
     `on_epoch_end(epoch, model)` runs after each epoch's steps (the signal probe records per-epoch outputs there).
+    `meter` (optional) gives the energy for time-to-accuracy.
     """
+    start_s = time.perf_counter()
+    target = cfg.get("target_accuracy")
+    start_j = meter.energy_j() if meter is not None and target is not None else math.nan
     x = torch.from_numpy(data.x_train[selection.indices]).to(device)
     y = torch.from_numpy(data.y_train[selection.indices]).to(device)
     x_test = torch.from_numpy(data.x_test).to(device)
@@ -108,6 +125,7 @@ def train(model: nn.Module, data: Dataset, selection: Selection, cfg: DictConfig
     gen = torch_generator(seed, "data_order", device)
 
     out = TrainOutcome(steps=0, epochs=0, final_test_accuracy=float("nan"))
+    out.step_flops = step_flops(model, x[:batch_size], y[:batch_size])
     for epoch in range(1, epochs + 1):
         loss_sum = torch.zeros((), device=device)
         n_batches = 0
@@ -138,6 +156,13 @@ def train(model: nn.Module, data: Dataset, selection: Selection, cfg: DictConfig
             out.eval_s += time.perf_counter() - start
             out.test_accuracy.append((epoch, acc))
             out.final_test_accuracy = acc
+            if target is not None and acc >= target and math.isnan(out.tta_s):
+                wall_s = time.perf_counter() - start_s
+                out.tta_s, out.tta_steps = wall_s - out.eval_s, out.steps
+                if meter is not None:
+                    out.tta_energy_j = (meter.energy_j() - start_j) * out.tta_s / wall_s
+                if cfg.get("stop_at_target"):
+                    break
         if out.steps >= total_steps:
             break
     return out

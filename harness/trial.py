@@ -16,7 +16,7 @@ from harness import manifest
 from harness.config import config_hash, constructor_args, effective_fraction, validate
 from harness.data import Dataset
 from harness.data.corrupt import add_label_noise
-from harness.meters import Meter
+from harness.meters import Meter, cost_figures
 from harness.seeding import derive_seed
 from harness.select import run_selection
 from harness.tracking import flatten, trial_run
@@ -77,7 +77,7 @@ def run_trial(cfg: DictConfig) -> TrialResult:
     if cfg.trainer.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
-    meter = Meter(device)
+    meter = Meter(device, watts_per_core=cfg.cost.watts_per_core, poll_s=cfg.cost.poll_s)
     resolved = OmegaConf.to_container(cfg, resolve=True)
 
     with trial_run(cfg.tracking.uri, cfg.tracking.experiment, run_name(cfg), tags) as run:
@@ -100,9 +100,9 @@ def run_trial(cfg: DictConfig) -> TrialResult:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         with meter.stage("train"):
-            outcome = train(model, data, selection, cfg.trainer, cfg.seed, device)
-        meter.seconds["train"] -= outcome.eval_s  # evaluation inside the loop is booked as eval
-        meter.add("eval", outcome.eval_s)
+            outcome = train(model, data, selection, cfg.trainer, cfg.seed, device, meter=meter)
+        # evaluation inside the loop is booked as eval, with its time share of the train stage's energy
+        meter.add("eval", outcome.eval_s, from_stage="train")
 
         n_train = len(data.y_train)
         metrics = {
@@ -113,9 +113,16 @@ def run_trial(cfg: DictConfig) -> TrialResult:
             "steps": outcome.steps,
             "epochs": outcome.epochs,
             "num_params": sum(p.numel() for p in model.parameters()),
-            **meter.totals(),
+            **(totals := meter.totals()),
+            **cost_figures(totals, meter.n_gpus, cfg.cost.co2e_g_per_kwh, cfg.cost.usd_per_gpu_hour,
+                           cfg.cost.usd_per_cpu_core_hour),
+            "train_flops": float(outcome.step_flops * outcome.steps),
+            "tta_s": outcome.tta_s,
+            "tta_steps": outcome.tta_steps,
+            "tta_energy_j": outcome.tta_energy_j,
             "peak_rss_bytes": _peak_rss_bytes(),
         }
+        run.tags(meter.tags())
         if device.type == "cuda":
             metrics["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
             metrics["peak_gpu_reserved_bytes"] = torch.cuda.max_memory_reserved(device)

@@ -58,8 +58,8 @@ def data_signal(name: str, data: Dataset, seed: int, projection_dim: int) -> np.
 
 def compute_signals(needs: frozenset[str], cfg: DictConfig, data: Dataset,
                     device) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """The signals in `needs`, and info for the run record: `cache_hit` (1/0), `probe_test_accuracy` and
-    `probe_train_s` (the probe's training time when it was computed, also on a cache hit)."""
+    """The signals in `needs`, and info for the run record: `cache_hit` (1/0), `probe_test_accuracy`,
+    `probe_train_s` and `probe_flops` (the probe's training time and FLOPs when computed, also on a cache hit)."""
     out: dict[str, np.ndarray] = {}
     info: dict[str, float] = {}
     for name in sorted(needs & set(DATA_SIGNALS)):
@@ -82,5 +82,7 @@ def compute_signals(needs: frozenset[str], cfg: DictConfig, data: Dataset,
         # What training the probe cost when it was computed: a cache hit spends only the read (probe_s), and a
         # report that charges each strategy its full probe reads this.
         info["probe_train_s"] = float(probe["probe_train_s"])
+        if "probe_flops" in probe:  # caches written before FLOPs were counted lack it
+            info["probe_flops"] = float(probe["probe_flops"])
         out.update({k: probe[k] for k in needs & set(PROBE_SIGNALS)})
     return out, info

@@ -43,7 +43,8 @@ def run_probe(cfg: DictConfig, data: Dataset, device: torch.device) -> dict[str,
     probe = cfg.probe
     model_cfg = probe.model if probe.model is not None else cfg.model
     trainer_cfg = OmegaConf.merge(cfg.trainer, {"epochs": probe.epochs, "steps": None, "workers": 1,
-                                                "eval_every_epochs": probe.epochs})
+                                                "eval_every_epochs": probe.epochs, "target_accuracy": None,
+                                                "stop_at_target": False})
     x = torch.from_numpy(data.x_train).to(device)
     y_np = data.y_train
     n, epochs = len(y_np), probe.epochs
@@ -51,6 +52,7 @@ def run_probe(cfg: DictConfig, data: Dataset, device: torch.device) -> dict[str,
     losses = np.zeros((probe.runs, epochs, n), np.float32)
     correct = np.zeros((probe.runs, epochs, n), bool)
     el2n, grand, probs_end, test_acc, embeddings = [], [], [], [], []
+    flops = 0  # training FLOPs of all runs: steps x one step's forward + backward (harness/flops.py)
 
     for r in range(probe.runs):
         torch.manual_seed(derive_seed(cfg.seed, f"probe_init/{r}"))
@@ -76,6 +78,7 @@ def run_probe(cfg: DictConfig, data: Dataset, device: torch.device) -> dict[str,
         outcome = train(model, data, Selection(np.arange(n)), trainer_cfg, derive_seed(cfg.seed, f"probe/{r}"),
                         device, on_epoch_end=record)
         test_acc.append(outcome.final_test_accuracy)
+        flops += outcome.step_flops * outcome.steps
 
     p_mean = np.mean(probs_end, axis=0)  # uncertainty of the ensemble of runs
     return {
@@ -89,4 +92,5 @@ def run_probe(cfg: DictConfig, data: Dataset, device: torch.device) -> dict[str,
         "margin": scores.margin(p_mean),
         "entropy": scores.entropy(p_mean),
         "probe_test_accuracy": np.array(float(np.mean(test_acc))),
+        "probe_flops": np.array(float(flops)),
     }
