@@ -329,6 +329,18 @@ class Meter:
                     per_stage[name] = per_stage.get(name, 0.0) + moved
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds
 
+    def stage_energy_j(self, name: str) -> dict[str, float]:
+        """Joules of stage `name` per available source kind ({"cpu": ..., "gpu": ...})."""
+        return {k: self.energy[k].get(name, 0.0) for k, s in self.sources.items() if s is not None}
+
+    def charge(self, name: str, seconds: float, energy_j: dict[str, float]) -> None:
+        """Book a cost that was paid earlier, elsewhere (a cached probe), as stage `name`: the run is charged
+        what it would have cost on its own. Energy of a kind this meter cannot measure is left out."""
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        for kind, j in energy_j.items():
+            if self.sources.get(kind) is not None:
+                self.energy[kind][name] = self.energy[kind].get(name, 0.0) + j
+
     def totals(self) -> dict[str, float]:
         """`<stage>_s`, `<stage>_energy_j` (available sources summed; NaN if none), `total_s`, `total_energy_j`,
         `total_gpu_energy_j`, `total_cpu_energy_j` (NaN where that source is unavailable)."""
@@ -370,6 +382,12 @@ class NullMeter:
         yield
 
     def add(self, name: str, seconds: float, from_stage: str | None = None) -> None:
+        pass
+
+    def stage_energy_j(self, name: str) -> dict[str, float]:
+        return {}
+
+    def charge(self, name: str, seconds: float, energy_j: dict[str, float]) -> None:
         pass
 
     def energy_j(self) -> float:

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -121,6 +123,24 @@ def select(stage: Stage, strategy_cfg: DictConfig, data: Dataset, seed: int, sig
     return selection
 
 
+def charge_probe(meter: Meter, cache_path: Path, cache_hit: bool, probe_train_s: float) -> None:
+    """Never hide the probe's cost: a run that reads cached signals is charged the probe's original time and
+    energy as stage `probe_cached` (so `total_s`/`total_energy_j` are what the strategy costs on its own).
+    The run that trains the probe records its cost beside the cache entry for the runs after it.
+    """
+    cost_path = cache_path.with_suffix(".cost.json")
+    if not cache_hit:
+        tmp = cost_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"probe_s": meter.seconds.get("probe", 0.0),
+                                   "probe_energy_j": meter.stage_energy_j("probe")}))
+        os.replace(tmp, cost_path)  # atomic: concurrent trials never read half a file
+    elif cost_path.exists():
+        cost = json.loads(cost_path.read_text())
+        meter.charge("probe_cached", cost["probe_s"], cost["probe_energy_j"])
+    else:  # a cache written before costs were recorded beside it: its training time is all that is known
+        meter.charge("probe_cached", probe_train_s, {})
+
+
 def run_selection(cfg: DictConfig, data: Dataset, meter: Meter, run: TrialRun) -> Selection:
     """The trial's selection step: build the strategy, compute the signals it needs, select, record.
 
@@ -136,6 +156,7 @@ def run_selection(cfg: DictConfig, data: Dataset, meter: Meter, run: TrialRun) -
         with meter.stage("probe"):
             signals, info = compute_signals(stage.needs, cfg, data, resolve_device(cfg.trainer.device))
         if "cache_hit" in info:
+            charge_probe(meter, Path(info.pop("cache_path")), bool(info["cache_hit"]), info["probe_train_s"])
             run.tags({"cache_hit": bool(info["cache_hit"])})
         run.metrics(info)
 

@@ -20,7 +20,13 @@ def test_sweep_shares_one_probe_and_costs_it(store, cache_dir, tmp_path):
     assert runs.loc["semdedup", "tags.cache_hit"] == "True" and runs.loc["pipeline", "tags.cache_hit"] == "True"
     parts = ["data_s", "probe_s", "selection_s", "train_s", "eval_s"]
     for name, run in runs.iterrows():
-        assert sum(run[f"metrics.{p}"] for p in parts) == pytest.approx(run["metrics.total_s"], rel=1e-6), name
+        charged = 0.0 if name == "el2n" else run["metrics.probe_cached_s"]
+        assert sum(run[f"metrics.{p}"] for p in parts) + charged == pytest.approx(run["metrics.total_s"], rel=1e-6)
+    # the runs that read the cache are charged the probe's full cost, time and energy: savings never overstated
+    for name in ("semdedup", "pipeline"):
+        assert runs.loc[name, "metrics.probe_cached_s"] == pytest.approx(runs.loc["el2n", "metrics.probe_s"])
+        assert runs.loc[name, "metrics.probe_cached_energy_j"] == pytest.approx(
+            runs.loc["el2n", "metrics.probe_energy_j"])
     assert runs.loc["el2n", "metrics.n_selected"] == 2000 and runs.loc["semdedup", "metrics.n_selected"] == 2000
     assert runs.loc["semdedup", "metrics.stage1_semdedup_removed"] == 2000
     assert 0 < runs.loc["semdedup", "metrics.stage1_semdedup_eps"] < 1

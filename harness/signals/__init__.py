@@ -78,6 +78,7 @@ def compute_signals(needs: frozenset[str], cfg: DictConfig, data: Dataset,
             probe["probe_train_s"] = np.array(time.perf_counter() - start)
             atomic_save_npz(path, **probe)
         info["cache_hit"] = float(hit)
+        info["cache_path"] = str(path)
         info["probe_test_accuracy"] = float(probe["probe_test_accuracy"])
         # What training the probe cost when it was computed: a cache hit spends only the read (probe_s), and a
         # report that charges each strategy its full probe reads this.
