@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness import manifest
 from harness.config import config_hash, constructor_args, validate
 from harness.data import Dataset
+from harness.launcher import launch_tags
 from harness.meters import Meter
 from harness.seeding import derive_seed
 from harness.select import run_selection
@@ -71,6 +72,7 @@ def run_trial(cfg: DictConfig) -> TrialResult:
         "config_hash": chash,
         "git_commit": commit,
         "git_dirty": dirty,
+        **launch_tags(),  # sweep id, Ray node, CUDA_VISIBLE_DEVICES, worker pid when a launcher task runs it
     }
     device = resolve_device(cfg.trainer.device)
     if cfg.trainer.deterministic:
@@ -97,7 +99,12 @@ def run_trial(cfg: DictConfig) -> TrialResult:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         with meter.stage("train"):
-            outcome = train(model, data, selection, cfg.trainer, cfg.seed, device)
+            if cfg.trainer.workers > 1:  # data-parallel on Ray Train; the selection above is shared by all workers
+                from harness.ddp import train_ddp
+
+                outcome = train_ddp(model, data, selection, cfg.trainer, cfg.seed, device)
+            else:
+                outcome = train(model, data, selection, cfg.trainer, cfg.seed, device)
         meter.seconds["train"] -= outcome.eval_s  # evaluation inside the loop is booked as eval
         meter.add("eval", outcome.eval_s)
 
