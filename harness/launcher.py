@@ -60,6 +60,25 @@ class TaskResult:
     task_start: float  # epoch seconds when the Ray task began (before the trial's imports)
 
 
+def validate_launcher(params: DictConfig) -> None:
+    """Values of `hydra.launcher` (types are checked by Hydra); one line naming the key."""
+    def bad(key: str, expected: str) -> UserError:
+        return UserError(f"hydra.launcher.{key}={params[key]}: expected {expected}")
+
+    for key in ("num_cpus", "num_gpus"):
+        if params[key] < 0:
+            raise bad(key, "a number >= 0")
+    if params.num_gpus > 1 and params.num_gpus != int(params.num_gpus):
+        raise bad("num_gpus", "a fraction below 1 or a whole number (Ray cannot split several GPUs)")
+    if params.memory is not None and params.memory <= 0:
+        raise bad("memory", "a positive number of bytes")
+    if params.max_retries < 0:
+        raise bad("max_retries", "an integer >= 0")
+    address = params.address
+    if address and not (address == "auto" or address.startswith("ray://") or ":" in address):
+        raise bad("address", "null (start Ray here), auto, ray://host:port or host:port")
+
+
 def launch_tags() -> dict[str, str]:
     """Tags for the trial's MLflow run when it runs inside a launcher task; {} otherwise."""
     ctx = json.loads(os.environ.get(CONTEXT_ENV, "{}"))
