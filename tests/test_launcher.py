@@ -154,3 +154,21 @@ def test_bad_launcher_values_stop_before_ray_starts(override, message, store):
     assert time.monotonic() - start < 15
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1 and message in lines[0], res.stderr
+
+
+def _load_mnist1d(cache: str) -> str:
+    from harness.data.sources import MNIST1D
+
+    return MNIST1D(num_samples=400).load(cache).fingerprint
+
+
+def test_trials_building_the_same_cache_entry_at_once_all_get_it_whole(tmp_path):
+    import multiprocessing as mp
+
+    cache = str(tmp_path / "cache")
+    with mp.get_context("spawn").Pool(4) as pool:
+        prints = pool.map(_load_mnist1d, [cache] * 4)
+    assert len(set(prints)) == 1
+    files = sorted(p.name for p in (tmp_path / "cache" / "mnist1d").iterdir())
+    assert len(files) == 1 and files[0].endswith(".npz") and ".tmp" not in files[0]  # no half-written leftovers
+    assert _load_mnist1d(cache) == prints[0]
