@@ -133,7 +133,8 @@ def run_job_in_worker(spec: JobSpec, task_function: TaskFunction, hydra_context:
                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
     finally:
         os.environ.pop(CONTEXT_ENV, None)
-        os.chdir(spec.cwd) if os.path.isdir(spec.cwd) else None
+        if os.path.isdir(spec.cwd):  # undo a job's own chdir (hydra.job.chdir=true): the worker is reused
+            os.chdir(spec.cwd)
     if ret.status == JobStatus.COMPLETED:
         return TaskResult("COMPLETED", ret.return_value, None, ret.working_dir or "", task_start)
     return TaskResult("FAILED", None, _one_line(ret._return_value), ret.working_dir or "", task_start)
@@ -345,7 +346,7 @@ def _submit(todo: list[Job], params: DictConfig, sweep_id: str, task_function: T
     fn = ray.put(task_function)
     ctx_ref = ray.put(context)
     state = ray.put(Singleton.get_state())
-    remote = ray.remote(_task)
+    remote = ray.remote(run_job_in_worker)
     cwd = os.getcwd()
     pending = {}
     for job in todo:
@@ -363,10 +364,6 @@ def _submit(todo: list[Job], params: DictConfig, sweep_id: str, task_function: T
         spec = JobSpec(job.idx, job.overrides, job.config, cwd, max(1, int(num_cpus)), spec_context)
         pending[remote.options(**opts).remote(spec, fn, ctx_ref, state)] = job
     return pending
-
-
-def _task(spec: JobSpec, task_function: TaskFunction, hydra_context: HydraContext, state: dict) -> TaskResult:
-    return run_job_in_worker(spec, task_function, hydra_context, state)
 
 
 def _cancel(pending: dict[Any, Job], sweep_id: str) -> None:

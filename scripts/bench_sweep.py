@@ -57,15 +57,23 @@ def main() -> None:
         MNIST1D().load(cache)  # generate the dataset once, outside the timings
         for r in range(args.repeats):
             basic_store, ray_store = f"sqlite:///{tmp}/basic{r}.db", f"sqlite:///{tmp}/ray{r}.db"
-            basic = sweep(basic_store, args.trials, cache, f"{tmp}/sb{r}")
-            ray_wall = sweep(ray_store, args.trials, cache, f"{tmp}/sr{r}", "hydra/launcher=ray",
-                             "hydra.launcher.num_cpus=1")
+            # Alternate which goes first, so load from others on this shared machine hits both alike.
+            order = ["basic", "ray"] if r % 2 == 0 else ["ray", "basic"]
+            wall, load = {}, {}
+            for kind in order:
+                launcher = ("hydra/launcher=ray", "hydra.launcher.num_cpus=1") if kind == "ray" else ()
+                before = os.getloadavg()[0]
+                wall[kind] = sweep(basic_store if kind == "basic" else ray_store, args.trials, cache,
+                                   f"{tmp}/{kind}{r}", *launcher)
+                load[kind] = f"load avg {before:.1f} -> {os.getloadavg()[0]:.1f}"
+            basic, ray_wall = wall["basic"], wall["ray"]
             b, y = runs(basic_store), runs(ray_store)
             assert len(b) == len(y) == args.trials and set(b.status) == set(y.status) == {"FINISHED"}
             span = {k: (d.end_time.max() - d.start_time.min()).total_seconds() for k, d in (("b", b), ("y", y))}
             overhead = sorted(t.timestamp() - float(s) for t, s in zip(y.start_time, y["tags.launcher_task_start"]))
-            print(f"repeat {r}: basic launcher {basic:.1f} s ({args.trials / basic * 60:.2f} trials/min, "
-                  f"mean acc {b['metrics.test_accuracy'].mean():.3f}, mean train_s {b['metrics.train_s'].mean():.1f})"
+            print(f"repeat {r} (order: {', '.join(order)}; basic {load['basic']}, ray {load['ray']}):")
+            print(f"  basic launcher {basic:.1f} s ({args.trials / basic * 60:.2f} trials/min, "
+                  f"mean acc {b['metrics.test_accuracy'].mean():.3f}, mean train_s {b['metrics.train_s'].mean():.1f})\n"
                   f"  ray launcher {ray_wall:.1f} s ({args.trials / ray_wall * 60:.2f} trials/min, "
                   f"mean acc {y['metrics.test_accuracy'].mean():.3f}, mean train_s {y['metrics.train_s'].mean():.1f})")
             print(f"  throughput ray/basic: end to end {basic / ray_wall:.2f}x, first trial start to last trial end "
