@@ -92,7 +92,7 @@ def test_missing_file_fails_its_trials_only_and_a_rerun_runs_only_those(ray_addr
 
 
 def test_a_killed_worker_is_retried_and_the_trial_finishes_once(ray_address, store, cache_dir, tmp_path):
-    proc = popen_sweep(tmp_path, *TINY, "trainer.epochs=60", "seed=0", f"tracking.uri={store}",
+    proc = popen_sweep(tmp_path, *TINY, "trainer.epochs=300", "seed=0", f"tracking.uri={store}",
                        f"cache_dir={cache_dir}", f"hydra.launcher.address={ray_address}",
                        f"hydra.sweep.dir={tmp_path / 'sweep'}")
     victim = wait_for_running_run(store)
@@ -108,7 +108,8 @@ def test_a_killed_worker_is_retried_and_the_trial_finishes_once(ray_address, sto
 
 
 def test_ctrl_c_cancels_the_sweep_and_leaves_no_run_running(ray_address, store, cache_dir, tmp_path):
-    proc = popen_sweep(tmp_path, *TINY, "trainer.epochs=200", "seed=0,1,2", f"tracking.uri={store}",
+    # Trials far longer than the test waits: they are cancelled a moment after the first one starts training.
+    proc = popen_sweep(tmp_path, *TINY, "trainer.epochs=5000", "seed=0,1,2", f"tracking.uri={store}",
                        f"cache_dir={cache_dir}", f"hydra.launcher.address={ray_address}",
                        f"hydra.sweep.dir={tmp_path / 'sweep'}")
     wait_for_running_run(store)
