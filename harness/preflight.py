@@ -44,6 +44,18 @@ def expand_jobs(overrides: list[str]) -> list[list[str]]:
     return [job for batch in batches for job in batch]
 
 
+def _check_launcher(hydra_overrides: list[str]) -> None:
+    """The sweep's `hydra.launcher` values, when it is Winnow's Ray launcher."""
+    try:
+        cfg = compose(config_name="config", overrides=hydra_overrides, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        raise UserError(_one_line(e)) from None
+    if cfg.hydra.launcher.get("_target_", "").startswith("hydra_plugins.winnow_ray_launcher"):
+        from harness.launcher import validate_launcher
+
+        validate_launcher(cfg.hydra.launcher)
+
+
 def preflight(argv: list[str]) -> int:
     """Validate every job in `argv`; returns the number of jobs. Raises UserError with one line."""
     if any(a.split("=")[0] in _HYDRA_FLAGS_WITHOUT_JOB for a in argv):
@@ -64,5 +76,7 @@ def preflight(argv: list[str]) -> int:
                 raise UserError(_one_line(e)) from None
             # In a sweep each trial checks its own files, so one missing file fails one trial.
             validate(cfg, check_files=not multirun)
+        if multirun and jobs:
+            _check_launcher([o for o in jobs[0] if o.startswith("hydra")])
     GlobalHydra.instance().clear()
     return len(jobs)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from harness.config import register_schemas
@@ -28,6 +30,8 @@ def hydra_main(cfg: DictConfig) -> float:
     try:
         result = run_trial(cfg)
     except UserError as e:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # one trial of a sweep: the launcher records it and the others go on
         _fail(e)
     print(f"test_accuracy={result.test_accuracy:.4f} n_selected={result.n_selected} "
           f"train_s={result.metrics['train_s']:.1f} total_s={result.metrics['total_s']:.1f} run_id={result.run_id}")
@@ -41,7 +45,11 @@ def main() -> None:
         preflight(sys.argv[1:])
     except UserError as e:
         _fail(e)
-    hydra_main()
+    try:
+        hydra_main()
+    except KeyboardInterrupt:
+        print("winnow: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from harness import manifest
 from harness.config import config_hash, constructor_args, effective_fraction, validate
 from harness.data import Dataset
 from harness.data.corrupt import add_label_noise
+from harness.launcher import launch_tags
 from harness.meters import Meter, cost_figures
 from harness.seeding import derive_seed
 from harness.select import run_selection
@@ -72,6 +73,7 @@ def run_trial(cfg: DictConfig) -> TrialResult:
         "config_hash": chash,
         "git_commit": commit,
         "git_dirty": dirty,
+        **launch_tags(),  # sweep id, Ray node, CUDA_VISIBLE_DEVICES, worker pid when a launcher task runs it
     }
     device = resolve_device(cfg.trainer.device)
     if cfg.trainer.deterministic:
@@ -100,7 +102,12 @@ def run_trial(cfg: DictConfig) -> TrialResult:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         with meter.stage("train"):
-            outcome = train(model, data, selection, cfg.trainer, cfg.seed, device, meter=meter)
+            if cfg.trainer.workers > 1:  # data-parallel on Ray Train; the selection above is shared by all workers
+                from harness.ddp import train_ddp
+
+                outcome = train_ddp(model, data, selection, cfg.trainer, cfg.seed, device)
+            else:
+                outcome = train(model, data, selection, cfg.trainer, cfg.seed, device, meter=meter)
         # evaluation inside the loop is booked as eval, with its time share of the train stage's energy
         meter.add("eval", outcome.eval_s, from_stage="train")
 

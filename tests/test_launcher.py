@@ -1,0 +1,175 @@
+"""The Ray launcher (`hydra/launcher=ray`) through the real entry point: fault isolation, resume, retries
+after a dead worker, Ctrl-C, and eight trials logging to one SQLite store at once.
+
+One Ray instance serves the module (a single-node `ray.cluster_utils.Cluster`); sweeps join it with
+`hydra.launcher.address`, except the concurrency test, which starts its own local instance (the default).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import REPO, run_cli, runs_of
+from tests.test_cli import write_npz
+
+# A tiny trial: digits (1,437 train samples), an MLP, one epoch.
+TINY = ("dataset=digits", "model=mlp", "trainer.epochs=1")
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    yield cluster.address
+    cluster.shutdown()
+
+
+def sweep(*overrides: str, address: str | None = None, cwd: Path | None = None):
+    extra = [f"hydra.launcher.address={address}"] if address else []
+    return run_cli("-m", "hydra/launcher=ray", *extra, *overrides, cwd=cwd)
+
+
+def popen_sweep(tmp_path: Path, *overrides: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "harness.run", "-m", "hydra/launcher=ray", *overrides],
+                            cwd=REPO, stdout=open(tmp_path / "out.txt", "w"), stderr=open(tmp_path / "err.txt", "w"),
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def wait_for_running_run(store: str, timeout: float = 120):
+    """The first run of the store that is RUNNING and has logged its dataset (so it is training)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            runs = runs_of(store)
+        except Exception:  # the store or the experiment does not exist yet
+            runs = None
+        if runs is not None and len(runs) and "tags.dataset_fingerprint" in runs:
+            busy = runs[(runs["status"] == "RUNNING") & runs["tags.dataset_fingerprint"].notna()]
+            if len(busy):
+                return busy.iloc[0]
+        time.sleep(0.5)
+    raise AssertionError("no trial started training in time")
+
+
+def test_missing_file_fails_its_trials_only_and_a_rerun_runs_only_those(ray_address, store, cache_dir, tmp_path):
+    good = write_npz(tmp_path / "a.npz")
+    missing = str(tmp_path / "missing.npz")
+    args = ("dataset=npz", f"dataset.path={good},{missing}", "model=mlp", "trainer.epochs=2", "seed=0,1",
+            f"tracking.uri={store}", f"cache_dir={cache_dir}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+
+    first = sweep(*args, address=ray_address)
+    assert first.returncode != 0
+    assert "4 trials: 2 finished, 2 failed, 0 skipped" in first.stdout, first.stdout
+    assert "2 of 4 trials failed" in first.stderr
+    runs = runs_of(store)
+    assert sorted(runs["status"]) == ["FAILED", "FAILED", "FINISHED", "FINISHED"]
+    failed = runs[runs["status"] == "FAILED"]
+    assert (failed["params.dataset.path"] == missing).all()
+    assert failed["tags.error"].str.contains(f"dataset.path={missing}: file not found").all()
+
+    shutil.copy(good, missing)  # the user fixes the data and runs the same command again
+    second = sweep(*args, address=ray_address)
+    assert second.returncode == 0, second.stderr
+    assert "4 trials: 2 finished, 0 failed, 2 skipped" in second.stdout, second.stdout
+    runs = runs_of(store)
+    assert len(runs) == 6  # only the two failed trials ran again
+    finished = runs[runs["status"] == "FINISHED"]
+    assert finished["tags.config_hash"].nunique() == 4 and len(finished) == 4
+
+    forced = sweep(*args, "hydra.launcher.rerun_finished=true", address=ray_address)
+    assert forced.returncode == 0 and "4 trials: 4 finished" in forced.stdout
+    assert len(runs_of(store)) == 10
+
+
+def test_a_killed_worker_is_retried_and_the_trial_finishes_once(ray_address, store, cache_dir, tmp_path):
+    proc = popen_sweep(tmp_path, *TINY, "trainer.epochs=300", "seed=0", f"tracking.uri={store}",
+                       f"cache_dir={cache_dir}", f"hydra.launcher.address={ray_address}",
+                       f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    victim = wait_for_running_run(store)
+    os.kill(int(victim["tags.worker_pid"]), signal.SIGKILL)
+    assert proc.wait(timeout=240) == 0, (tmp_path / "err.txt").read_text()
+    runs = runs_of(store)
+    assert len(runs) == 2 and runs["tags.config_hash"].nunique() == 1
+    killed = runs[runs.run_id == victim.run_id].iloc[0]
+    assert killed["status"] == "FAILED" and "worker" in killed["tags.error"] and "died" in killed["tags.error"]
+    retry = runs[runs.run_id != victim.run_id].iloc[0]
+    assert retry["status"] == "FINISHED" and retry["tags.worker_pid"] != victim["tags.worker_pid"]
+    assert "1 trials: 1 finished, 0 failed" in (tmp_path / "out.txt").read_text()
+
+
+def test_ctrl_c_cancels_the_sweep_and_leaves_no_run_running(ray_address, store, cache_dir, tmp_path):
+    # Trials far longer than the test waits: they are cancelled a moment after the first one starts training.
+    proc = popen_sweep(tmp_path, *TINY, "trainer.epochs=5000", "seed=0,1,2", f"tracking.uri={store}",
+                       f"cache_dir={cache_dir}", f"hydra.launcher.address={ray_address}",
+                       f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    wait_for_running_run(store)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    runs = runs_of(store)
+    assert len(runs) >= 1 and set(runs["status"]) == {"FAILED"}
+    assert runs["tags.error"].str.contains("interrupted").all()
+    out = (tmp_path / "out.txt").read_text()
+    assert "3 trials: 0 finished, 0 failed, 0 skipped (already FINISHED), 3 cancelled" in out, out
+
+
+def test_eight_trials_logging_at_once_to_a_fresh_sqlite_store_lose_nothing(store, cache_dir, tmp_path):
+    # The default: a local Ray instance started by the launcher; 2 CPUs / 0.25 per trial = eight at once.
+    res = sweep(*TINY, "trainer.epochs=3", "seed=range(8)", "hydra.launcher.num_cpus=0.25",
+                f"tracking.uri={store}", f"cache_dir={cache_dir}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert res.returncode == 0, res.stderr
+    assert "8 trials: 8 finished" in res.stdout
+    runs = runs_of(store)
+    assert len(runs) == 8 and set(runs["status"]) == {"FINISHED"}
+    assert sorted(runs["params.seed"].astype(int)) == list(range(8))
+    client = MlflowClient(store)
+    for run_id in runs.run_id:
+        assert [m.step for m in client.get_metric_history(run_id, "epoch_test_accuracy")] == [1, 2, 3]
+        assert {"config.yaml", "environment.json", "selected_indices.npy"} <= {
+            a.path for a in client.list_artifacts(run_id)}
+    n_params = runs.filter(like="params.").notna().sum(axis=1)
+    assert n_params.nunique() == 1  # every run holds every param
+    # They really ran at once: some moment had several runs open.
+    spans = [(r.start_time.value, r.end_time.value) for r in runs.itertuples()]
+    overlap = max(sum(s <= t < e for s, e in spans) for t, _ in spans)
+    assert overlap >= 2
+
+
+@pytest.mark.parametrize("override, message", [
+    ("hydra.launcher.num_gpus=1.5", "hydra.launcher.num_gpus=1.5: expected a fraction below 1 or a whole number"),
+    ("hydra.launcher.num_cpus=-1", "hydra.launcher.num_cpus=-1.0: expected a number >= 0"),
+    ("hydra.launcher.nosuch=1", "Key 'nosuch' not in 'RayLauncherConf'"),
+])
+def test_bad_launcher_values_stop_before_ray_starts(override, message, store):
+    start = time.monotonic()
+    res = sweep("seed=0,1", override, f"tracking.uri={store}")
+    assert time.monotonic() - start < 15
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and message in lines[0], res.stderr
+
+
+def _load_mnist1d(cache: str) -> str:
+    from harness.data.sources import MNIST1D
+
+    return MNIST1D(num_samples=400).load(cache).fingerprint
+
+
+def test_trials_building_the_same_cache_entry_at_once_all_get_it_whole(tmp_path):
+    import multiprocessing as mp
+
+    cache = str(tmp_path / "cache")
+    with mp.get_context("spawn").Pool(4) as pool:
+        prints = pool.map(_load_mnist1d, [cache] * 4)
+    assert len(set(prints)) == 1
+    files = sorted(p.name for p in (tmp_path / "cache" / "mnist1d").iterdir())
+    assert len(files) == 1 and files[0].endswith(".npz") and ".tmp" not in files[0]  # no half-written leftovers
+    assert _load_mnist1d(cache) == prints[0]
