@@ -47,6 +47,10 @@ def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
     df = df.rename(columns=lambda c: c.removeprefix("metric:"))
     df["fraction"] = pd.to_numeric(df["fraction"], errors="coerce").astype(float)
     df["seed"] = pd.to_numeric(df["seed"], errors="coerce").astype("Int64")
+    if "probe_cached_s" in df:
+        # A run that read cached signals was charged the probe's original cost as probe_cached_s (already in
+        # its total_s); the probe column shows what each strategy's probe cost, whichever run trained it.
+        df["probe_s"] = df[[c for c in ("probe_s", "probe_cached_s") if c in df]].sum(axis=1, min_count=1)
     return df
 
 
