@@ -300,6 +300,13 @@ def launch(hydra_context: HydraContext, task_function: TaskFunction, config: Dic
         for j in jobs:
             if j.chash in finished[(j.uri, j.experiment)]:
                 j.state, j.reason = "skipped", "a FINISHED run with this config hash exists"
+    # One trial per identity: `strategy=full` swept over fractions is the same trial each time.
+    first: dict[tuple, Job] = {}
+    for j in jobs:
+        key = (j.uri, j.experiment, j.chash)
+        if j.state == "pending" and key in first:
+            j.state, j.reason = "skipped", f"same config hash as job {first[key].idx}"
+        first.setdefault(key, j)
     todo = [j for j in jobs if j.state == "pending"]
 
     started_ray = _connect(params) if todo else False
