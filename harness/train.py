@@ -20,7 +20,6 @@ from omegaconf import DictConfig
 from torch import nn
 
 from harness.data import Dataset
-from harness.flops import step_flops
 from harness.seeding import torch_generator
 from strategies import Selection
 
@@ -38,7 +37,6 @@ class TrainOutcome:
     train_loss: list[tuple[int, float]] = field(default_factory=list)  # (epoch, mean loss)
     test_accuracy: list[tuple[int, float]] = field(default_factory=list)  # (epoch, accuracy)
     eval_s: float = 0.0  # evaluation inside the training loop, to be booked as eval, not train
-    step_flops: int = 0  # forward + backward FLOPs of one full batch (harness/flops.py)
     # Time-to-accuracy (trainer.target_accuracy): at the end of the first epoch whose evaluation reached it,
     # training wall time since train() began (evaluation excluded, as in train_s), steps, and the meter's energy
     # over the same span (evaluation's time share taken out). NaN when never reached.
@@ -125,7 +123,6 @@ def train(model: nn.Module, data: Dataset, selection: Selection, cfg: DictConfig
     gen = torch_generator(seed, "data_order", device)
 
     out = TrainOutcome(steps=0, epochs=0, final_test_accuracy=float("nan"))
-    out.step_flops = step_flops(model, x[:batch_size], y[:batch_size])
     for epoch in range(1, epochs + 1):
         loss_sum = torch.zeros((), device=device)
         n_batches = 0

@@ -16,6 +16,7 @@ from harness import manifest
 from harness.config import config_hash, constructor_args, effective_fraction, validate
 from harness.data import Dataset
 from harness.data.corrupt import add_label_noise
+from harness.flops import step_flops
 from harness.launcher import launch_tags
 from harness.meters import Meter, cost_figures
 from harness.seeding import derive_seed
@@ -99,6 +100,11 @@ def run_trial(cfg: DictConfig) -> TrialResult:
 
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         model = build_model(cfg.model, data)
+        # Counted on a copy, outside every stage: measurement is not the strategy's cost. It also warms up
+        # the kernels, so the first trial of a worker process is not charged one-off start-up time.
+        first = torch.from_numpy(data.x_train[selection.indices[: cfg.trainer.batch_size]]).to(device)
+        flops_per_step = step_flops(model.to(device), first, torch.from_numpy(
+            data.y_train[selection.indices[: cfg.trainer.batch_size]]).to(device))
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         with meter.stage("train"):
@@ -123,7 +129,7 @@ def run_trial(cfg: DictConfig) -> TrialResult:
             **(totals := meter.totals()),
             **cost_figures(totals, meter.n_gpus, cfg.cost.co2e_g_per_kwh, cfg.cost.usd_per_gpu_hour,
                            cfg.cost.usd_per_cpu_core_hour),
-            "train_flops": float(outcome.step_flops * outcome.steps),
+            "train_flops": float(flops_per_step * outcome.steps),
             "tta_s": outcome.tta_s,
             "tta_steps": outcome.tta_steps,
             "tta_energy_j": outcome.tta_energy_j,

@@ -267,7 +267,6 @@ def fit(**kw):
 def test_time_to_accuracy_never_reached_is_nan_and_training_runs_to_budget():
     out = fit(target_accuracy=1.0, stop_at_target=True)
     assert out.steps == 12 and math.isnan(out.tta_s) and math.isnan(out.tta_steps) and math.isnan(out.tta_energy_j)
-    assert out.step_flops > 0
 
 
 @pytest.mark.parametrize("overrides, message", [

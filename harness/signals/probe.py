@@ -37,6 +37,7 @@ def run_probe(cfg: DictConfig, data: Dataset, device: torch.device) -> dict[str,
     end: softmax (uncertainty) and, from run 0, the penultimate embeddings. Run r has its own init and data
     order, derived from the trial's seed.
     """
+    from harness.flops import step_flops
     from harness.train import train
     from harness.trial import build_model  # here, not at import: trial imports this package
 
@@ -78,7 +79,8 @@ def run_probe(cfg: DictConfig, data: Dataset, device: torch.device) -> dict[str,
         outcome = train(model, data, Selection(np.arange(n)), trainer_cfg, derive_seed(cfg.seed, f"probe/{r}"),
                         device, on_epoch_end=record)
         test_acc.append(outcome.final_test_accuracy)
-        flops += outcome.step_flops * outcome.steps
+        bs = trainer_cfg.batch_size
+        flops += step_flops(model, x[:bs], y[:bs]) * outcome.steps
 
     p_mean = np.mean(probs_end, axis=0)  # uncertainty of the ensemble of runs
     return {
