@@ -16,6 +16,10 @@ from hydra.utils import get_method
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from harness.errors import UserError
+from strategies.curriculum import curriculum_label
+
+# `${curriculum_label:${.ordering},${.pacing}}` in conf/strategy/curriculum.yaml names each curriculum run.
+OmegaConf.register_new_resolver("curriculum_label", curriculum_label, replace=True)
 
 
 @dataclass
@@ -113,7 +117,19 @@ def config_hash(cfg: DictConfig) -> str:
         d.pop(k, None)
     if isinstance(d.get("strategy"), dict) and "fraction" in d["strategy"]:
         d["strategy"]["fraction"] = effective_fraction(cfg)
+    d["strategy"] = _identity_args(d.get("strategy"))
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _identity_args(strategy: Any) -> Any:
+    """A strategy class may drop the arguments its other settings make irrelevant (`identity_args`)."""
+    if not isinstance(strategy, dict) or "_target_" not in strategy:
+        return strategy
+    try:
+        hook = getattr(get_method(strategy["_target_"]), "identity_args", None)
+    except Exception:
+        return strategy  # validate() reports an unimportable target with its key
+    return hook(strategy) if hook else strategy
 
 
 def constructor_args(node: DictConfig) -> DictConfig:

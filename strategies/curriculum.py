@@ -43,6 +43,11 @@ def pacing_value(name: str, a: float, b: float, t: float) -> float:
     return min(1.0, g)
 
 
+def curriculum_label(ordering: str, pacing: str) -> str:
+    """The report label of a curriculum: `curriculum-linear`, `anti-step`, ...; plain `standard` has no pacing."""
+    return "standard" if ordering == "standard" else f"{ordering}-{pacing}"
+
+
 class Curriculum:
     """Order the candidates by a difficulty signal and pace them in.
 
@@ -63,6 +68,16 @@ class Curriculum:
             raise SelectionError(f"b={b}: expected a number in (0, 1] (starting fraction of the data)")
         self.signal, self.ordering, self.pacing, self.a, self.b = signal, ordering, pacing, a, b
         self.needs = frozenset({signal}) if ordering in ("curriculum", "anti") else frozenset()
+
+    @staticmethod
+    def identity_args(args: dict) -> dict:
+        """The arguments that change what this stage does (config_hash keys on them).
+
+        Standard training ignores the order and the pacing, a random curriculum ignores the signal: a sweep of
+        orderings x pacings then runs `standard` once, not once per pacing.
+        """
+        drop = {"standard": ("signal", "pacing", "a", "b"), "random": ("signal",)}.get(args.get("ordering"), ())
+        return {k: v for k, v in args.items() if k not in drop}
 
     def select(self, ctx: SelectionContext) -> Selection:
         idx = np.sort(ctx.candidates)

@@ -21,3 +21,22 @@ def test_identity_ignores_where_results_go_but_not_what_is_trained():
     assert config_hash(composed("strategy=random", "tracking.experiment=other", "cache_dir=/tmp/x")) == base
     assert config_hash(composed("strategy=random", "strategy.fraction=0.3")) != base
     assert config_hash(composed("strategy=random", "seed=1")) != base
+
+
+def test_curriculum_runs_are_named_by_ordering_and_pacing():
+    assert composed("strategy=curriculum").strategy.name == "curriculum-linear"
+    anti = composed("strategy=curriculum", "strategy.ordering=anti", "strategy.pacing=step")
+    assert anti.strategy.name == "anti-step"
+    assert composed("strategy=curriculum", "strategy.ordering=standard").strategy.name == "standard"
+
+
+def test_a_sweep_of_orderings_by_pacings_runs_standard_once():
+    def h(*o: str) -> str:
+        return config_hash(composed("strategy=curriculum", *o))
+
+    # standard training ignores order and pacing; a random curriculum ignores the difficulty signal
+    assert h("strategy.ordering=standard") == h("strategy.ordering=standard", "strategy.pacing=step", "strategy.a=0.5")
+    assert h("strategy.ordering=random") == h("strategy.ordering=random", "strategy.signal=forgetting")
+    assert h("strategy.ordering=random") != h("strategy.ordering=random", "strategy.pacing=step")
+    assert h() != h("strategy.pacing=step")
+    assert h() != h("strategy.signal=forgetting")

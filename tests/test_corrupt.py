@@ -31,6 +31,13 @@ def test_label_noise_is_seeded_and_zero_is_identity():
     assert np.array_equal(a.y_train, b.y_train) and not np.array_equal(a.y_train, c.y_train)
 
 
+def test_noisy_labels_are_another_dataset_to_the_signal_cache():
+    clean = toy()
+    a, b, c = add_label_noise(clean, 0.3, seed=1), add_label_noise(clean, 0.3, seed=1), add_label_noise(clean, 0.2, 1)
+    assert a.fingerprint == b.fingerprint
+    assert len({clean.fingerprint, a.fingerprint, c.fingerprint}) == 3
+
+
 def test_label_noise_out_of_range_is_a_user_error():
     with pytest.raises(UserError, match=r"corruption.label_noise=1.0: expected a number in \[0, 1\)"):
         add_label_noise(toy(), 1.0, seed=0)

@@ -148,18 +148,18 @@ def brute_sign_flip_p(d):
 def test_paired_comparison_against_random_by_seed(report):
     gain = row(report, strategy="el2n", fraction=0.5)
     d = EL2N_ACC[0.5] - RANDOM_ACC[0.5]
-    assert gain["vs_random_n"] == 6
-    assert gain["vs_random_diff"] == pytest.approx(d.mean(), abs=1e-12)
-    assert gain["vs_random_p"] == pytest.approx(2 / 64)  # all six differences positive: only +/- all-same as extreme
-    assert gain["vs_random_significant"]
-    assert 0 < gain["vs_random_lo"] < gain["vs_random_diff"] < gain["vs_random_hi"]
+    assert gain["vs_reference_n"] == 6
+    assert gain["vs_reference_diff"] == pytest.approx(d.mean(), abs=1e-12)
+    assert gain["vs_reference_p"] == pytest.approx(2 / 64)  # all six differences positive: only +/- all-same as extreme
+    assert gain["vs_reference_significant"]
+    assert 0 < gain["vs_reference_lo"] < gain["vs_reference_diff"] < gain["vs_reference_hi"]
 
     mixed = row(report, strategy="el2n", fraction=0.3)  # five shared seeds: seed 5 failed
     d = EL2N_ACC[0.3][:5] - RANDOM_ACC[0.3][:5]
-    assert mixed["vs_random_n"] == 5
-    assert mixed["vs_random_p"] == pytest.approx(brute_sign_flip_p(d))
-    assert not mixed["vs_random_significant"]  # 5 pairs: p >= 2/32 whatever the data
-    assert pd.isna(row(report, strategy="random")["vs_random_significant"])
+    assert mixed["vs_reference_n"] == 5
+    assert mixed["vs_reference_p"] == pytest.approx(brute_sign_flip_p(d))
+    assert not mixed["vs_reference_significant"]  # 5 pairs: p >= 2/32 whatever the data
+    assert pd.isna(row(report, strategy="random")["vs_reference_significant"])
 
 
 @pytest.mark.parametrize("n", [3, 7, 20])
@@ -209,7 +209,7 @@ def test_all_output_files_are_written(store, tmp_path):
     names = {p.name for p in out.iterdir()}
     assert {"report.md", "report.tex", "summary.csv", "report.html", "failed_runs.csv", "missing_seeds.csv"} <= names
     for stem in ("accuracy_vs_total_s_d1_m1", "accuracy_vs_total_energy_j_d1_m1", "accuracy_vs_fraction_d1_m1",
-                 "accuracy_vs_total_s_d2_m2", "accuracy_vs_fraction_d2_m2"):
+                 "accuracy_vs_total_s_d2_m2", "accuracy_by_strategy_d2_m2"):  # d2: one fraction
         assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert "<svg" in (out / f"{stem}.svg").read_text()
     assert not (out / "accuracy_vs_total_energy_j_d2_m2.png").exists()  # d2 logged no energy
@@ -242,3 +242,55 @@ def test_cli_prints_the_table_and_rejects_an_unknown_experiment(store, tmp_path)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [f"winnow-report: error: experiment=nosuch: not found in {store}; "
                                                "expected one of: Default, synth"]
+
+
+# ---- panels split by config params (--by), with another baseline and reference --------------------------------
+
+CURRIC_ACC = {  # (label noise, strategy) -> accuracy per seed; the curriculum gains only under noise
+    (0.0, "standard"): 0.90 + rng.normal(0, 0.005, 6), (0.0, "curriculum-linear"): 0.90 + rng.normal(0, 0.005, 6),
+    (0.4, "standard"): 0.60 + rng.normal(0, 0.005, 6), (0.4, "curriculum-linear"): 0.70 + rng.normal(0, 0.005, 6),
+}
+
+
+@pytest.fixture(scope="module")
+def curric_store(tmp_path_factory) -> str:
+    from mlflow.entities import Param
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('curric') / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("curric")
+    for (noise, strategy), accs in CURRIC_ACC.items():
+        for s, acc in enumerate(accs):
+            rid = _log(client, exp, _tags("d1", "m1", strategy, 1.0, s), {"test_accuracy": acc, "total_s": 10.0})
+            client.log_batch(rid, params=[Param("corruption.label_noise", str(noise)), Param("trainer.epochs", "15")])
+    return uri
+
+
+def test_by_params_split_panels_each_with_its_own_baseline_and_reference(curric_store, tmp_path):
+    runs = load_runs(curric_store, "curric", by=["corruption.label_noise"])
+    rep = summarise(runs, "curric", by=["corruption.label_noise"], baseline="standard", reference="standard")
+    s = rep.summary.set_index(["corruption.label_noise", "strategy"])
+    assert len(s) == 4
+    for noise in (0.0, 0.4):
+        cur, std = CURRIC_ACC[noise, "curriculum-linear"], CURRIC_ACC[noise, "standard"]
+        r = s.loc[(noise, "curriculum-linear")]
+        assert r["delta_accuracy"] == pytest.approx(cur.mean() - std.mean(), abs=1e-12)
+        assert r["vs_reference_diff"] == pytest.approx((cur - std).mean(), abs=1e-12)  # paired with standard
+        assert s.loc[(noise, "standard"), "delta_accuracy"] == 0.0
+    assert s.loc[(0.4, "curriculum-linear"), "vs_reference_significant"]  # +10 points on all 6 seeds
+
+    paths = build("curric", curric_store, tmp_path, by=["corruption.label_noise"], baseline="standard",
+                  reference="standard")
+    md = paths["md"].read_text()
+    assert "## d1 / m1 / corruption.label_noise=0" in md and "## d1 / m1 / corruption.label_noise=0.4" in md
+    assert "Δ vs standard pp" in md and "the standard runs of the same dataset and model and corruption" in md
+    assert (tmp_path / "accuracy_by_strategy_d1_m1_corruption.label_noise_0.4.png").exists()
+
+
+def test_by_an_unlogged_param_is_a_one_line_error(curric_store):
+    proc = subprocess.run([sys.executable, "-m", "harness.report", "curric", "--tracking-uri", curric_store,
+                           "--by", "trainer.epoch"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "winnow-report: error: --by trainer.epoch: no run of experiment curric logged this parameter; expected a "
+        "config key such as trainer.epochs or corruption.label_noise"]

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from harness.data.base import Dataset
+from harness.data.base import Dataset, fingerprint
 from harness.errors import UserError
 from harness.seeding import numpy_rng
 
@@ -27,4 +27,6 @@ def add_label_noise(data: Dataset, label_noise: float, seed: int) -> Dataset:
     y[flip] = (y[flip] + shift) % data.num_classes
     noisy = np.zeros(n, dtype=bool)
     noisy[flip] = True
-    return dataclasses.replace(data, y_train=y, noisy=noisy, y_train_clean=data.y_train)
+    # A new fingerprint: the signal cache and the run's dataset_fingerprint tag must tell noisy labels from clean.
+    return dataclasses.replace(data, y_train=y, noisy=noisy, y_train_clean=data.y_train,
+                               fingerprint=fingerprint(data.x_train, y, data.x_test, data.y_test))

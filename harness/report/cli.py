@@ -1,4 +1,5 @@
-"""`python -m harness.report EXPERIMENT [--tracking-uri URI] [--out DIR]` (console script `winnow-report`).
+"""`python -m harness.report EXPERIMENT [--tracking-uri URI] [--out DIR] [--by PARAM ...] [--baseline S]
+[--reference S]` (console script `winnow-report`).
 
 Reads the experiment's runs from MLflow and writes report.md, report.tex, summary.csv,
 failed_runs.csv, missing_seeds.csv, report.html and a PNG + SVG per figure into DIR.
@@ -8,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from harness.errors import UserError
 from harness.tracking import DEFAULT_URI
 
 
-def build(experiment: str, tracking_uri: str = DEFAULT_URI, out_dir: str | Path | None = None) -> dict[str, Path]:
+def build(experiment: str, tracking_uri: str = DEFAULT_URI, out_dir: str | Path | None = None,
+          by: Sequence[str] = (), baseline: str = "full", reference: str = "random") -> dict[str, Path]:
     """Read, summarise, draw and write; returns the written files by kind (md, tex, csv, html)."""
     from harness.report.load import load_runs
     from harness.report.plots import draw_all
@@ -22,11 +25,11 @@ def build(experiment: str, tracking_uri: str = DEFAULT_URI, out_dir: str | Path 
     from harness.report.summary import summarise
 
     out = Path(out_dir) if out_dir else Path("reports") / experiment
-    report = summarise(load_runs(tracking_uri, experiment), experiment)
+    report = summarise(load_runs(tracking_uri, experiment, by), experiment, by, baseline, reference)
     if report.n_runs == 0:
         raise UserError(f"experiment={experiment}: has no runs in {tracking_uri}")
     out.mkdir(parents=True, exist_ok=True)
-    figures = draw_all(report.summary, out)
+    figures = draw_all(report, out)
     paths = write_all(report, figures, out)
     paths.update({f"figure:{f.png.stem}": f.png for f in figures})
     return paths
@@ -38,9 +41,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("experiment", help="MLflow experiment name (tracking.experiment of the trials)")
     parser.add_argument("--tracking-uri", default=DEFAULT_URI, help=f"MLflow tracking URI (default {DEFAULT_URI})")
     parser.add_argument("--out", default=None, help="output directory (default reports/EXPERIMENT/)")
+    parser.add_argument("--by", nargs="+", default=[], metavar="PARAM",
+                        help="config keys that split the tables besides dataset and model "
+                             "(e.g. corruption.label_noise trainer.epochs)")
+    parser.add_argument("--baseline", default="full", help="strategy every row is compared with (default full)")
+    parser.add_argument("--reference", default="random",
+                        help="strategy each row is paired with seed by seed at its fraction (default random)")
     args = parser.parse_args(argv)
     try:
-        paths = build(args.experiment, args.tracking_uri, args.out)
+        paths = build(args.experiment, args.tracking_uri, args.out, args.by, args.baseline, args.reference)
     except UserError as e:
         print(f"winnow-report: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

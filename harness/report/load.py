@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
@@ -15,11 +17,12 @@ TAGS = (*GROUP_KEYS, "seed", "config_hash", "dataset_fingerprint", "selected_ind
 _PAGE = 1000
 
 
-def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
+def load_runs(tracking_uri: str, experiment: str, by: Sequence[str] = ()) -> pd.DataFrame:
     """All runs of `experiment`, via MLflow's search API (paged).
 
     Columns: run_id, status, start_time (ms), the TAGS above (None when absent), one float column per
     metric (latest value; NaN when a run did not log it). `fraction` is a float and `seed` an int.
+    `by`: logged config params (e.g. `corruption.label_noise`) to add as columns, numeric where every value is.
     """
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
@@ -34,6 +37,7 @@ def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
             row = {"run_id": run.info.run_id, "status": run.info.status, "start_time": run.info.start_time}
             row.update({t: run.data.tags.get(t) for t in TAGS})
             row.update({f"metric:{k}": v for k, v in run.data.metrics.items()})
+            row.update({f"param:{k}": run.data.params.get(k) for k in by})
             rows.append(row)
         token = page.token
         if not token:
@@ -45,6 +49,13 @@ def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
             if t not in df:
                 df[t] = None
     df = df.rename(columns=lambda c: c.removeprefix("metric:"))
+    for k in by:
+        col = df.pop(f"param:{k}") if f"param:{k}" in df else pd.Series([None] * len(df), dtype=object)
+        if len(df) and col.isna().all():
+            raise UserError(f"--by {k}: no run of experiment {experiment} logged this parameter; expected a "
+                            "config key such as trainer.epochs or corruption.label_noise")
+        numeric = pd.to_numeric(col, errors="coerce")
+        df[k] = numeric if numeric.notna().sum() == col.notna().sum() else col
     df["fraction"] = pd.to_numeric(df["fraction"], errors="coerce").astype(float)
     df["seed"] = pd.to_numeric(df["seed"], errors="coerce").astype("Int64")
     if "probe_cached_s" in df:

@@ -1,4 +1,4 @@
-"""Figures for the report, one pair of files (PNG, SVG) per figure, per dataset+model."""
+"""Figures for the report, one pair of files (PNG, SVG) per figure, per panel (dataset+model[+by values])."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from harness.report.stats import pareto_mask  # noqa: E402
-from harness.report.summary import BASELINE  # noqa: E402
+from harness.report.summary import Report  # noqa: E402
 
 # Costs an accuracy-vs-cost figure is drawn for, when the runs logged them.
 COST_AXES = {"total_s": "total time incl. selection (s)", "total_energy_j": "total energy (J)",
@@ -47,8 +47,7 @@ def _yerr(g: pd.DataFrame) -> np.ndarray:
     return np.vstack([lo, hi])
 
 
-def accuracy_vs_cost(s: pd.DataFrame, cost: str, out_dir: Path, dataset: str, model: str,
-                     colors: dict[str, str]) -> Figure:
+def accuracy_vs_cost(s: pd.DataFrame, cost: str, out_dir: Path, panel: str, colors: dict[str, str]) -> Figure:
     """Each (strategy, fraction) at its mean cost and accuracy; the Pareto frontier as a step line."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for strategy, g in s.groupby("strategy", sort=True):
@@ -62,44 +61,65 @@ def accuracy_vs_cost(s: pd.DataFrame, cost: str, out_dir: Path, dataset: str, mo
             label="Pareto frontier")
     ax.set_xlabel(COST_AXES[cost])
     ax.set_ylabel("test accuracy (%)")
-    title = f"{dataset} / {model}: accuracy vs {COST_AXES[cost]}"
+    title = f"{panel}: accuracy vs {COST_AXES[cost]}"
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, out_dir, _slug("accuracy_vs", cost, dataset, model), title)
+    return _save(fig, out_dir, _slug("accuracy_vs", cost, panel), title)
 
 
-def accuracy_vs_fraction(s: pd.DataFrame, out_dir: Path, dataset: str, model: str,
-                         colors: dict[str, str]) -> Figure:
+def accuracy_vs_fraction(s: pd.DataFrame, out_dir: Path, panel: str, colors: dict[str, str],
+                         baseline: str) -> Figure:
     """Accuracy per strategy over the kept fraction, 95% band; the full-data baseline as a line."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for strategy, g in s[s["strategy"] != BASELINE].groupby("strategy", sort=True):
+    for strategy, g in s[s["strategy"] != baseline].groupby("strategy", sort=True):
         g = g.sort_values("fraction")
         line = ax.plot(g["fraction"], g["accuracy"] * 100, marker="o", label=strategy, color=colors[strategy])[0]
         ax.fill_between(g["fraction"], g["accuracy_lo"] * 100, g["accuracy_hi"] * 100, alpha=0.2,
                         color=line.get_color())
-    base = s[s["strategy"] == BASELINE]
+    base = s[s["strategy"] == baseline]
     if len(base) == 1:
         b = base.iloc[0]
-        ax.axhline(b["accuracy"] * 100, color="black", ls="--", lw=1, label=f"{BASELINE} (n={b['n']})")
+        ax.axhline(b["accuracy"] * 100, color="black", ls="--", lw=1, label=f"{baseline} (n={b['n']})")
         if not np.isnan(b["accuracy_lo"]):
             ax.axhspan(b["accuracy_lo"] * 100, b["accuracy_hi"] * 100, color="black", alpha=0.08)
     ax.set_xlabel("fraction of the training set kept")
     ax.set_ylabel("test accuracy (%)")
-    title = f"{dataset} / {model}: accuracy vs fraction (mean, 95% CI)"
+    title = f"{panel}: accuracy vs fraction (mean, 95% CI)"
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, out_dir, _slug("accuracy_vs_fraction", dataset, model), title)
+    return _save(fig, out_dir, _slug("accuracy_vs_fraction", panel), title)
 
 
-def draw_all(summary: pd.DataFrame, out_dir: Path) -> list[Figure]:
-    figures = []
+def accuracy_by_strategy(s: pd.DataFrame, out_dir: Path, panel: str, colors: dict[str, str]) -> Figure:
+    """One bar per strategy with its 95% interval: the figure for panels where every row keeps all the data."""
+    s = s.sort_values("strategy")
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ax.bar(s["strategy"], s["accuracy"] * 100, yerr=_yerr(s), capsize=3, color=[colors[k] for k in s["strategy"]])
+    low = np.nanmin(s["accuracy_lo"].fillna(s["accuracy"])) * 100
+    ax.set_ylim(max(0.0, low - 5), None)
+    ax.set_ylabel("test accuracy (%)")
+    ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    title = f"{panel}: accuracy by strategy (mean, 95% CI)"
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, out_dir, _slug("accuracy_by_strategy", panel), title)
+
+
+def draw_all(report: Report, out_dir: Path) -> list[Figure]:
+    from harness.report.render import panel_title  # render imports this module for Figure
+
+    summary, figures = report.summary, []
     # one colour per strategy across every figure of the report
     colors = {name: f"C{i % 10}" for i, name in enumerate(sorted(summary["strategy"].unique()))}
-    for (dataset, model), g in summary.groupby(["dataset", "model"], sort=True):
+    for key, g in summary.groupby(list(report.panel), sort=True, dropna=False):
+        panel = panel_title(report.panel, key)
         for cost in COST_AXES:
             if g[cost].notna().any():
-                figures.append(accuracy_vs_cost(g, cost, out_dir, dataset, model, colors))
-        figures.append(accuracy_vs_fraction(g, out_dir, dataset, model, colors))
+                figures.append(accuracy_vs_cost(g, cost, out_dir, panel, colors))
+        if g["fraction"].nunique() > 1:
+            figures.append(accuracy_vs_fraction(g, out_dir, panel, colors, report.baseline))
+        else:
+            figures.append(accuracy_by_strategy(g, out_dir, panel, colors))
     return figures

@@ -12,22 +12,27 @@ import pandas as pd
 
 from harness.report.plots import Figure
 from harness.report.stats import ALPHA, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
-from harness.report.summary import BASELINE, REFERENCE, Report
+from harness.report.summary import Report
 
 NA = "n/a"
 
-METHOD = (
-    f"Accuracy: mean over seeds with a {CONFIDENCE:.0%} percentile-bootstrap interval ({BOOTSTRAP_RESAMPLES:,} "
-    f"resamples of the seeds, numpy generator seed {BOOTSTRAP_SEED}); n/a with one seed. "
-    f"Δ vs {BASELINE}: difference of mean accuracy against the {BASELINE}-data runs of the same dataset and model, "
-    "interval from resampling both groups independently. Costs are means over seeds; total_s is every metered "
-    "stage (data, probe, selection, training, evaluation), so selection is never free. "
-    f"Speedup = {BASELINE}'s mean total_s / this mean total_s; savings = 1 − this cost / {BASELINE}'s cost. "
-    f"vs {REFERENCE}: mean over shared seeds of (this − {REFERENCE}) accuracy at the same fraction, its bootstrap "
-    f"interval and a two-sided exact sign-flip permutation p-value; * marks p < {ALPHA} (reachable from 6 paired "
-    "seeds on). Pareto: no other row of the same dataset and model has lower-or-equal mean total_s and "
-    "higher-or-equal mean accuracy (one strictly). Values a run did not log are n/a, never 0."
-)
+
+def method(report: Report) -> str:
+    """How every number of the tables was computed, for the report's Method section."""
+    base, ref = report.baseline, report.reference
+    panel = " and ".join(report.panel)
+    return (
+        f"Accuracy: mean over seeds with a {CONFIDENCE:.0%} percentile-bootstrap interval ({BOOTSTRAP_RESAMPLES:,} "
+        f"resamples of the seeds, numpy generator seed {BOOTSTRAP_SEED}); n/a with one seed. "
+        f"Δ vs {base}: difference of mean accuracy against the {base} runs of the same {panel}, "
+        "interval from resampling both groups independently. Costs are means over seeds; total_s is every metered "
+        "stage (data, probe, selection, training, evaluation), so selection is never free. "
+        f"Speedup = {base}'s mean total_s / this mean total_s; savings = 1 − this cost / {base}'s cost. "
+        f"vs {ref}: mean over shared seeds of (this − {ref}) accuracy at the same fraction, its bootstrap "
+        f"interval and a two-sided exact sign-flip permutation p-value; * marks p < {ALPHA} (reachable from 6 "
+        f"paired seeds on). Pareto: no other row of the same {panel} has lower-or-equal mean total_s and "
+        "higher-or-equal mean accuracy (one strictly). Values a run did not log are n/a, never 0."
+    )
 
 
 def _isnan(v: object) -> bool:
@@ -64,18 +69,18 @@ OPTIONAL = [
 ]
 
 
-def _vs_random(r: pd.Series) -> str:
-    if r["strategy"] == REFERENCE:
+def _vs_reference(r: pd.Series, reference: str) -> str:
+    if r["strategy"] == reference:
         return "(reference)"
-    if _isnan(r["vs_random_diff"]):
+    if _isnan(r["vs_reference_diff"]):
         return NA
-    mark = " *" if r["vs_random_significant"] is True else ""
-    return (f"{_with_ci(r['vs_random_diff'], r['vs_random_lo'], r['vs_random_hi'], sign=True)} "
-            f"p={r['vs_random_p']:.3f} n={int(r['vs_random_n'])}{mark}")
+    mark = " *" if r["vs_reference_significant"] is True else ""
+    return (f"{_with_ci(r['vs_reference_diff'], r['vs_reference_lo'], r['vs_reference_hi'], sign=True)} "
+            f"p={r['vs_reference_p']:.3f} n={int(r['vs_reference_n'])}{mark}")
 
 
-def display_table(s: pd.DataFrame) -> pd.DataFrame:
-    """The human table of one dataset+model: strings, n/a for anything missing."""
+def display_table(s: pd.DataFrame, baseline: str = "full", reference: str = "random") -> pd.DataFrame:
+    """The human table of one panel: strings, n/a for anything missing."""
     rows = []
     for _, r in s.sort_values(["strategy", "fraction"]).iterrows():
         row = {
@@ -83,7 +88,7 @@ def display_table(s: pd.DataFrame) -> pd.DataFrame:
             "fraction": f"{r['fraction']:g}",
             "n": str(int(r["n"])),
             "accuracy % [95% CI]": _with_ci(r["accuracy"], r["accuracy_lo"], r["accuracy_hi"]),
-            f"Δ vs {BASELINE} pp [95% CI]": "(baseline)" if r["strategy"] == BASELINE else
+            f"Δ vs {baseline} pp [95% CI]": "(baseline)" if r["strategy"] == baseline else
             _with_ci(r["delta_accuracy"], r["delta_lo"], r["delta_hi"], sign=True),
             "total s": _num(".3g")(r["total_s"]),
         }
@@ -91,7 +96,7 @@ def display_table(s: pd.DataFrame) -> pd.DataFrame:
             row[header] = fmt(r[metric]) if metric in r else NA
         row["speedup"] = NA if _isnan(r["speedup"]) else f"{r['speedup']:.2f}x"
         row["time saved"] = NA if _isnan(r["savings_time"]) else f"{r['savings_time']:.1%}"
-        row[f"vs {REFERENCE} pp [95% CI]"] = _vs_random(r)
+        row[f"vs {reference} pp [95% CI]"] = _vs_reference(r, reference)
         row["Pareto"] = "yes" if r["pareto"] else ""
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -99,8 +104,15 @@ def display_table(s: pd.DataFrame) -> pd.DataFrame:
     return table.drop(columns=empty)
 
 
+def panel_title(panel: tuple[str, ...], values: tuple) -> str:
+    """`mnist1d / cnn1d` or, with `by` params, `mnist1d / cnn1d / corruption.label_noise=0.2 / trainer.epochs=15`."""
+    return " / ".join([str(v) for v in values[:2]] + [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                                      for k, v in zip(panel[2:], values[2:])])
+
+
 def _tables(report: Report) -> list[tuple[str, pd.DataFrame]]:
-    return [(f"{d} / {m}", display_table(g)) for (d, m), g in report.summary.groupby(["dataset", "model"])]
+    return [(panel_title(report.panel, key), display_table(g, report.baseline, report.reference))
+            for key, g in report.summary.groupby(list(report.panel), dropna=False)]
 
 
 def _failed_table(report: Report) -> pd.DataFrame:
@@ -126,7 +138,7 @@ def to_markdown(report: Report, figures: list[Figure]) -> str:
            f"{len(report.missing)} groups with missing seeds.", ""]
     for title, table in _tables(report):
         out += [f"## {title}", "", markdown_table(table), ""]
-    out += ["## Method", "", METHOD, ""]
+    out += ["## Method", "", method(report), ""]
     out += ["## Runs that did not finish", ""]
     out += [markdown_table(_failed_table(report)) if len(report.failed) else "None.", ""]
     out += ["## Missing seeds", ""]
@@ -189,7 +201,7 @@ def to_html(report: Report, figures: list[Figure]) -> str:
              f"{len(report.missing)} groups with missing seeds.</p>"]
     for title, t in _tables(report):
         parts += [f"<h2>{html.escape(title)}</h2>", table(t)]
-    parts += [f"<p class='method'>{html.escape(METHOD)}</p>", "<h2>Figures</h2>"]
+    parts += [f"<p class='method'>{html.escape(method(report))}</p>", "<h2>Figures</h2>"]
     parts += [f"<figure>{_inline_svg(f.svg)}<figcaption>{html.escape(f.title)}</figcaption></figure>"
               for f in figures]
     none = "<p>None.</p>"

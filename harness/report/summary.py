@@ -1,23 +1,24 @@
-"""Aggregate an experiment's runs: one row per (dataset, model, strategy, fraction) over seeds.
+"""Aggregate an experiment's runs: one row per (dataset, model, [by...], strategy, fraction) over seeds.
 
-Accuracy gets a mean and a 95% bootstrap interval; the full-data runs (strategy "full") of the same
-dataset and model are the baseline for deltas, speedup and savings; a strategy is compared seed by
-seed with "random" at the same fraction. Failed runs, missing seeds and repeated seeds are listed.
+A panel is one (dataset, model) plus the values of any `by` params (e.g. label noise and budget): its own
+table and figures. Accuracy gets a mean and a 95% bootstrap interval; the baseline strategy's runs
+("full" unless told otherwise) of the same panel give deltas, speedup and savings; a strategy is compared
+seed by seed with the reference ("random") at the same fraction. Failed, missing and repeated seeds are listed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from harness.report.load import GROUP_KEYS
 from harness.report.stats import bootstrap_diff_ci, bootstrap_mean_ci, paired_comparison, pareto_mask
 
 ACCURACY = "test_accuracy"
-BASELINE = "full"     # strategy tag of the full-data runs
-REFERENCE = "random"  # strategy tag every other strategy is paired against at the same fraction
+BASELINE = "full"     # default strategy tag of the baseline runs (the full data)
+REFERENCE = "random"  # default strategy tag every other strategy is paired against at the same fraction
 # Cost metrics, summarised when a group's runs logged them. total_s is the meters' sum over every
 # stage (data, probe, selection, training, evaluation), so a strategy's own cost is never left out.
 COSTS = ("total_s", "data_s", "probe_s", "selection_s", "train_s", "eval_s", "total_energy_j", "gpu_hours", "kwh",
@@ -35,6 +36,13 @@ class Report:
     missing: pd.DataFrame     # groups with fewer finished seeds than the most complete group
     repeated: pd.DataFrame    # finished runs left out because a later run of the same group and seed exists
     n_runs: int               # runs read (reproductions excluded)
+    panel: tuple[str, ...] = ("dataset", "model")  # one table and one set of figures per value of these
+    baseline: str = BASELINE
+    reference: str = REFERENCE
+    group_keys: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.group_keys = (*self.panel, "strategy", "fraction")
 
 
 def _group_mean(values: pd.Series) -> float:
@@ -42,22 +50,26 @@ def _group_mean(values: pd.Series) -> float:
     return float(values.mean()) if len(values) and values.notna().all() else float("nan")
 
 
-def _latest_per_seed(finished: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _latest_per_seed(finished: pd.DataFrame, keys: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     ordered = finished.sort_values("start_time")
-    dup = ordered.duplicated([*GROUP_KEYS, "seed"], keep="last")
+    dup = ordered.duplicated([*keys, "seed"], keep="last")
     return ordered[~dup], ordered[dup]
 
 
-def summarise(runs: pd.DataFrame, experiment: str = "") -> Report:
+def summarise(runs: pd.DataFrame, experiment: str = "", by: Sequence[str] = (), baseline: str = BASELINE,
+              reference: str = REFERENCE) -> Report:
+    """`by`: columns of `runs` (load_runs(by=...)) that split the experiment into panels besides dataset+model."""
+    panel = ("dataset", "model", *by)
+    keys = [*panel, "strategy", "fraction"]
     runs = runs[runs["reproduction_of"].isna()] if "reproduction_of" in runs else runs
     finished_all = runs[runs["status"] == "FINISHED"]
-    finished, repeated = _latest_per_seed(finished_all)
+    finished, repeated = _latest_per_seed(finished_all, keys)
     failed = runs[runs["status"] != "FINISHED"]
 
     rows = []
-    for key, g in finished.groupby(list(GROUP_KEYS), dropna=False, sort=True):
+    for key, g in finished.groupby(keys, dropna=False, sort=True):
         g = g.sort_values("seed")
-        row = dict(zip(GROUP_KEYS, key))
+        row = dict(zip(keys, key))
         acc = g[ACCURACY].to_numpy(dtype=float) if ACCURACY in g else np.full(len(g), np.nan)
         row["n"] = len(g)
         row["seeds"] = " ".join(str(s) for s in g["seed"])
@@ -69,31 +81,39 @@ def summarise(runs: pd.DataFrame, experiment: str = "") -> Report:
         rows.append(row)
     summary = pd.DataFrame(rows)
     if summary.empty:
-        summary = pd.DataFrame(columns=[*GROUP_KEYS, "n", "seeds", "accuracy", "accuracy_lo", "accuracy_hi", *COSTS,
+        summary = pd.DataFrame(columns=[*keys, "n", "seeds", "accuracy", "accuracy_lo", "accuracy_hi", *COSTS,
                                         "_acc_by_seed"])
-    _add_baseline(summary)
-    _add_paired(summary)
-    _add_pareto(summary)
+    _add_baseline(summary, list(panel), baseline)
+    _add_paired(summary, list(panel), reference)
+    _add_pareto(summary, list(panel))
     summary = summary.drop(columns="_acc_by_seed").reset_index(drop=True)
 
-    cols = ["run_id", "status", *GROUP_KEYS, "seed", "error"]
-    return Report(experiment, summary, failed[cols].sort_values([*GROUP_KEYS, "seed"]).reset_index(drop=True),
-                  _missing_seeds(runs, finished), repeated[cols].reset_index(drop=True), len(runs))
+    cols = ["run_id", "status", *keys, "seed", "error"]
+    return Report(experiment, summary, failed[cols].sort_values([*keys, "seed"]).reset_index(drop=True),
+                  _missing_seeds(runs, finished, keys), repeated[cols].reset_index(drop=True), len(runs),
+                  panel, baseline, reference)
 
 
-def _add_baseline(s: pd.DataFrame) -> None:
-    """Delta accuracy, speedup and savings against the same dataset+model's full-data runs."""
+def _same_panel(s: pd.DataFrame, row: pd.Series, panel: list[str]) -> pd.Series:
+    mask = pd.Series(True, index=s.index)
+    for k in panel:
+        mask &= (s[k] == row[k]) | (s[k].isna() & pd.isna(row[k]))
+    return mask
+
+
+def _add_baseline(s: pd.DataFrame, panel: list[str], baseline: str) -> None:
+    """Delta accuracy, speedup and savings against the baseline strategy's runs of the same panel."""
     s["delta_accuracy"] = s["delta_lo"] = s["delta_hi"] = np.nan
     s["speedup"] = np.nan
     for name in SAVINGS:
         s[f"savings_{name}"] = np.nan
     for idx, row in s.iterrows():
-        base = s[(s["dataset"] == row["dataset"]) & (s["model"] == row["model"]) & (s["strategy"] == BASELINE)]
+        base = s[_same_panel(s, row, panel) & (s["strategy"] == baseline)]
         if len(base) != 1:
-            continue  # no baseline (or an ambiguous one, e.g. full at two fractions): leave n/a
+            continue  # no baseline (or an ambiguous one, e.g. at two fractions): leave n/a
         b = base.iloc[0]
         s.at[idx, "delta_accuracy"] = row["accuracy"] - b["accuracy"]
-        if row["strategy"] != BASELINE:  # the baseline against itself has no interval to speak of
+        if row["strategy"] != baseline:  # the baseline against itself has no interval to speak of
             lo, hi = bootstrap_diff_ci(list(row["_acc_by_seed"].values()), list(b["_acc_by_seed"].values()))
             s.at[idx, "delta_lo"], s.at[idx, "delta_hi"] = lo, hi
         s.at[idx, "speedup"] = b["total_s"] / row["total_s"] if row["total_s"] > 0 else np.nan
@@ -102,46 +122,45 @@ def _add_baseline(s: pd.DataFrame) -> None:
                 s.at[idx, f"savings_{name}"] = 1 - row[metric] / b[metric]
 
 
-def _add_paired(s: pd.DataFrame) -> None:
-    """Paired-by-seed accuracy difference against random at the same dataset, model and fraction."""
-    for c in ("vs_random_n", "vs_random_diff", "vs_random_lo", "vs_random_hi", "vs_random_p"):
+def _add_paired(s: pd.DataFrame, panel: list[str], reference: str) -> None:
+    """Paired-by-seed accuracy difference against the reference strategy in the same panel, at the same fraction."""
+    for c in ("vs_reference_n", "vs_reference_diff", "vs_reference_lo", "vs_reference_hi", "vs_reference_p"):
         s[c] = np.nan
-    s["vs_random_significant"] = pd.Series([pd.NA] * len(s), dtype="boolean")
+    s["vs_reference_significant"] = pd.Series([pd.NA] * len(s), dtype="boolean")
     for idx, row in s.iterrows():
-        if row["strategy"] == REFERENCE:
+        if row["strategy"] == reference:
             continue
-        ref = s[(s["dataset"] == row["dataset"]) & (s["model"] == row["model"]) & (s["strategy"] == REFERENCE)
-                & np.isclose(s["fraction"], row["fraction"])]
+        ref = s[_same_panel(s, row, panel) & (s["strategy"] == reference) & np.isclose(s["fraction"], row["fraction"])]
         if len(ref) != 1:
             continue
         pc = paired_comparison(row["_acc_by_seed"], ref.iloc[0]["_acc_by_seed"])
         if pc.n == 0:
             continue
-        s.loc[idx, ["vs_random_n", "vs_random_diff", "vs_random_lo", "vs_random_hi", "vs_random_p"]] = (
+        s.loc[idx, ["vs_reference_n", "vs_reference_diff", "vs_reference_lo", "vs_reference_hi", "vs_reference_p"]] = (
             pc.n, pc.mean_diff, pc.ci_lo, pc.ci_hi, pc.p_value)
-        s.at[idx, "vs_random_significant"] = pc.significant
+        s.at[idx, "vs_reference_significant"] = pc.significant
 
 
-def _add_pareto(s: pd.DataFrame) -> None:
-    """Frontier of mean accuracy (up) against mean total cost (down), within each dataset+model."""
+def _add_pareto(s: pd.DataFrame, panel: list[str]) -> None:
+    """Frontier of mean accuracy (up) against mean total cost (down), within each panel."""
     s["pareto"] = False
-    for _, g in s.groupby(["dataset", "model"]):
+    for _, g in s.groupby(panel, dropna=False):
         s.loc[g.index, "pareto"] = pareto_mask(g[PARETO_COST].to_numpy(float), g["accuracy"].to_numpy(float))
 
 
-def _missing_seeds(runs: pd.DataFrame, finished: pd.DataFrame) -> pd.DataFrame:
+def _missing_seeds(runs: pd.DataFrame, finished: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Groups (any run, finished or not) with fewer finished seeds than the most complete group."""
-    cols = [*GROUP_KEYS, "n", "expected_n", "missing_seeds"]
+    cols = [*keys, "n", "expected_n", "missing_seeds"]
     if runs.empty:
         return pd.DataFrame(columns=cols)
-    have = {k: set(g["seed"].dropna().astype(int)) for k, g in finished.groupby(list(GROUP_KEYS), dropna=False)}
-    groups = [k for k, _ in runs.groupby(list(GROUP_KEYS), dropna=False)]
+    have = {k: set(g["seed"].dropna().astype(int)) for k, g in finished.groupby(keys, dropna=False)}
+    groups = [k for k, _ in runs.groupby(keys, dropna=False)]
     most = max((len(v) for v in have.values()), default=0)
     expected = set().union(*(v for v in have.values() if len(v) == most)) if most else set()
     rows = []
     for k in groups:
         seeds = have.get(k, set())
         if len(seeds) < most:
-            rows.append({**dict(zip(GROUP_KEYS, k)), "n": len(seeds), "expected_n": most,
+            rows.append({**dict(zip(keys, k)), "n": len(seeds), "expected_n": most,
                          "missing_seeds": " ".join(str(x) for x in sorted(expected - seeds))})
     return pd.DataFrame(rows, columns=cols)
