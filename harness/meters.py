@@ -1,23 +1,26 @@
-"""One meter API around each stage of a trial: wall time and energy per stage (docs/cost.md).
+"""One meter API around each stage of a trial: wall time, energy and peak memory per stage (docs/cost.md).
 
     meter = Meter(device)
     with meter.stage("train"):
         ...
     meter.add("eval", eval_s, from_stage="train")   # time measured inside train, with its share of energy
-    meter.totals()  -> {"train_s": ..., "train_energy_j": ..., "total_s": ..., "total_energy_j": ...}
+    meter.totals()  -> {"train_s": ..., "train_energy_j": ..., "train_peak_rss_bytes": ..., "total_s": ...,
+                        "total_energy_j": ..., "peak_rss_bytes": ...}
     meter.tags()    -> {"energy_source_gpu": "nvml", "energy_source_cpu": "estimate", ...}
 
 Each energy source is a cumulative reader (`read_j()`: joules since the source was opened); a stage's energy is
 the difference of the readings at its ends, so stage energies add up to the total by construction. Sources:
 GPU via NVML (energy counter, else power sampled in a background thread while a stage is open), CPU package +
 DRAM via RAPL powercap sysfs, else an estimate from the process's CPU seconds. A figure that cannot be measured
-is NaN with source `unavailable`, never 0.
+is NaN with source `unavailable`, never 0. Peak memory per stage: host RSS from Linux's high-water mark, reset at
+each stage start (PeakMemory), and torch's CUDA peak statistics, reset likewise.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import resource
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +38,8 @@ NAN = float("nan")
 # the middle of that range: an order-of-magnitude figure, labelled `estimate` wherever it is used.
 DEFAULT_WATTS_PER_CORE = 12.0
 POWERCAP_ROOT = Path("/sys/class/powercap")
+CLEAR_REFS = Path("/proc/self/clear_refs")
+PROC_STATUS = Path("/proc/self/status")
 
 
 class EnergySource(Protocol):
@@ -239,11 +244,59 @@ def open_gpu_source(device: torch.device) -> tuple[EnergySource | None, int, str
         return None, n_gpus, f"NVML unavailable: {type(e).__name__}: {e}"
 
 
+# ---------------------------------------------------------------- peak memory
+
+
+class PeakMemory:
+    """Peak host RSS of this process, and peak CUDA memory of `device`, since the last `reset()`.
+
+    Linux keeps one RSS high-water mark per process (VmHWM; getrusage's ru_maxrss reads it too). Writing 5 to
+    /proc/self/clear_refs resets it, so each stage gets its own peak and a Ray worker that runs one trial after
+    another does not report an earlier trial's. Where the kernel refuses the reset, the figure is the process's
+    peak so far (an upper bound) and `note` says so.
+    """
+
+    def __init__(self, device: torch.device, clear_refs: Path = CLEAR_REFS, status: Path = PROC_STATUS) -> None:
+        self.device, self.clear_refs, self.status = device, clear_refs, status
+        self.cuda = device.type == "cuda" and torch.cuda.is_available()
+        self.note = ""
+        self.reset()
+
+    def reset(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        if self.note:
+            return  # the reset was refused before; do not retry every stage
+        try:
+            with open(self.clear_refs, "w") as f:
+                f.write("5")
+        except OSError as e:
+            self.note = (f"peak RSS is the process's peak so far, not per stage: cannot reset the high-water mark "
+                         f"({self.clear_refs}: {e.strerror or e})")
+
+    def _rss_bytes(self) -> float:
+        try:
+            for line in self.status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) * 1024  # kB
+        except OSError:
+            pass
+        return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
+
+    def read(self) -> dict[str, float]:
+        """{"peak_rss_bytes": ...} plus, on CUDA, "peak_gpu_bytes" (allocated) and "peak_gpu_reserved_bytes"."""
+        out = {"peak_rss_bytes": self._rss_bytes()}
+        if self.cuda:
+            out["peak_gpu_bytes"] = float(torch.cuda.max_memory_allocated(self.device))
+            out["peak_gpu_reserved_bytes"] = float(torch.cuda.max_memory_reserved(self.device))
+        return out
+
+
 # ---------------------------------------------------------------- the meter
 
 
 class Meter:
-    """Seconds and joules per named stage; CUDA work is synchronised at both ends of a stage.
+    """Seconds, joules and peak memory per named stage; CUDA work is synchronised at both ends of a stage.
 
     `watts_per_core=None` turns the CPU estimate off (CPU energy is then NaN without RAPL). `poll_s` is the
     background thread's period (power sampling, RAPL wrap-around); it runs only while a stage is open and only
@@ -251,9 +304,11 @@ class Meter:
     """
 
     def __init__(self, device: torch.device | str = "cpu", watts_per_core: float | None = DEFAULT_WATTS_PER_CORE,
-                 poll_s: float = 0.1, powercap_root: Path = POWERCAP_ROOT) -> None:
+                 poll_s: float = 0.1, powercap_root: Path = POWERCAP_ROOT, clear_refs: Path = CLEAR_REFS) -> None:
         self.device = torch.device(device)
         self.seconds: dict[str, float] = {}
+        self.peaks: dict[str, dict[str, float]] = {}  # stage -> {"peak_rss_bytes": ..., ...}
+        self.memory = PeakMemory(self.device, clear_refs)
         self.energy: dict[str, dict[str, float]] = {"gpu": {}, "cpu": {}}  # source kind -> stage -> joules
         gpu, self.n_gpus, gpu_note = open_gpu_source(self.device)
         cpu, cpu_note = open_cpu_source(watts_per_core, powercap_root)
@@ -281,6 +336,7 @@ class Meter:
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         self._sync()
+        self.memory.reset()
         stop = self._start_poller()
         before = self._read()
         start = time.perf_counter()
@@ -293,6 +349,9 @@ class Meter:
             stop()
             for kind, j in after.items():
                 self.energy[kind][name] = self.energy[kind].get(name, 0.0) + j - before[kind]
+            peaks = self.peaks.setdefault(name, {})
+            for key, value in self.memory.read().items():  # a stage entered twice keeps its larger peak
+                peaks[key] = max(peaks.get(key, 0.0), value)
 
     def _start_poller(self) -> Callable[[], None]:
         if not self._polled:
@@ -343,7 +402,9 @@ class Meter:
 
     def totals(self) -> dict[str, float]:
         """`<stage>_s`, `<stage>_energy_j` (available sources summed; NaN if none), `total_s`, `total_energy_j`,
-        `total_gpu_energy_j`, `total_cpu_energy_j` (NaN where that source is unavailable)."""
+        `total_gpu_energy_j`, `total_cpu_energy_j` (NaN where that source is unavailable); `<stage>_peak_rss_bytes`
+        and `peak_rss_bytes` (the largest over stages), likewise `peak_gpu_bytes` / `peak_gpu_reserved_bytes` on
+        CUDA."""
         out: dict[str, float] = {}
         available = [k for k, s in self.sources.items() if s is not None]
         for name, seconds in self.seconds.items():
@@ -353,6 +414,10 @@ class Meter:
         for kind in ("gpu", "cpu"):
             out[f"total_{kind}_energy_j"] = sum(self.energy[kind].values()) if kind in available else NAN
         out["total_energy_j"] = sum(out[f"total_{k}_energy_j"] for k in available) if available else NAN
+        for name, peaks in self.peaks.items():
+            for key, value in peaks.items():
+                out[f"{name}_{key}"] = value
+                out[key] = max(out.get(key, 0.0), value)
         return out
 
     def tags(self) -> dict[str, str]:
@@ -360,12 +425,15 @@ class Meter:
         (what total_energy_j sums) and `energy_note` (how each was measured or why it fell back)."""
         labels = {k: s.label if s is not None else "unavailable" for k, s in self.sources.items()}
         included = [f"{k}:{labels[k]}" for k in ("gpu", "cpu") if self.sources[k] is not None]
-        return {
+        tags = {
             "energy_source_gpu": labels["gpu"],
             "energy_source_cpu": labels["cpu"],
             "energy_includes": "+".join(included) or "none",
             "energy_note": " | ".join(f"{k}: {n}" for k, n in self.notes.items() if n)[:4000],
         }
+        if self.memory.note:
+            tags["memory_note"] = self.memory.note
+        return tags
 
 
 class NullMeter:

@@ -47,11 +47,10 @@ def build_model(model_cfg: DictConfig, data: Dataset) -> torch.nn.Module:
     return instantiate(args, **extra)
 
 
-def _peak_rss_bytes() -> int:
-    # ru_maxrss is KiB on Linux; children covers helper processes the trial started.
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return int(max(own, kids) * 1024)
+def _peak_rss_bytes(stages_peak: float) -> float:
+    """The trial's peak RSS: the largest stage peak (meters) or that of a helper process it started (KiB)."""
+    own = stages_peak if stages_peak == stages_peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return float(max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024))
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -105,8 +104,6 @@ def run_trial(cfg: DictConfig) -> TrialResult:
         first = torch.from_numpy(data.x_train[selection.indices[: cfg.trainer.batch_size]]).to(device)
         flops_per_step = step_flops(model.to(device), first, torch.from_numpy(
             data.y_train[selection.indices[: cfg.trainer.batch_size]]).to(device))
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
         with meter.stage("train"):
             if cfg.trainer.workers > 1:  # data-parallel on Ray Train; the selection above is shared by all workers
                 from harness.ddp import train_ddp
@@ -133,12 +130,9 @@ def run_trial(cfg: DictConfig) -> TrialResult:
             "tta_s": outcome.tta_s,
             "tta_steps": outcome.tta_steps,
             "tta_energy_j": outcome.tta_energy_j,
-            "peak_rss_bytes": _peak_rss_bytes(),
+            "peak_rss_bytes": _peak_rss_bytes(totals.get("peak_rss_bytes", float("nan"))),
         }
         run.tags(meter.tags())
-        if device.type == "cuda":
-            metrics["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
-            metrics["peak_gpu_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
         run.curves({"epoch_train_loss": outcome.train_loss, "epoch_test_accuracy": outcome.test_accuracy})
         run.metrics(metrics)
         return TrialResult(run.run_id, chash, outcome.final_test_accuracy, len(selection.indices), metrics)

@@ -15,12 +15,15 @@ PUBLISHED = {"cnn1d": 0.923, "mlp": 0.651, "logistic": 0.315}
 
 @pytest.mark.parametrize("model", ["cnn1d", "mlp", "logistic"])
 def test_default_recipe_reaches_published_mnist1d_accuracy(model, store, cache_dir):
-    res = run_cli(f"model={model}", f"tracking.uri={store}", f"cache_dir={cache_dir}")
+    # The reference is one run; one seed of ours spreads about +-2 points (mlp: 0.647 to 0.684 over seeds 0-3),
+    # so the band is checked on the mean of seeds 0, 1 and 2.
+    res = run_cli("-m", f"model={model}", "seed=0,1,2", f"tracking.uri={store}", f"cache_dir={cache_dir}")
     assert res.returncode == 0, res.stderr
-    run = runs_of(store).iloc[0]
-    acc = run["metrics.test_accuracy"]
+    runs = runs_of(store)
+    assert sorted(runs["params.seed"].astype(int)) == [0, 1, 2]
+    acc = runs["metrics.test_accuracy"].mean()
     assert abs(acc - PUBLISHED[model]) <= 0.03, f"{model}: {acc:.3f} vs published {PUBLISHED[model]}"
-    assert run["metrics.steps"] == 6000  # the reference's budget on the full 4,000 samples
+    assert (runs["metrics.steps"] == 6000).all()  # the reference's budget on the full 4,000 samples
 
 
 def test_run_record_holds_params_tags_metrics_and_artifacts(store, cache_dir, tmp_path):
