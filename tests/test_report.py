@@ -261,7 +261,8 @@ def curric_store(tmp_path_factory) -> str:
     exp = client.create_experiment("curric")
     for (noise, strategy), accs in CURRIC_ACC.items():
         for s, acc in enumerate(accs):
-            rid = _log(client, exp, _tags("d1", "m1", strategy, 1.0, s), {"test_accuracy": acc, "total_s": 10.0})
+            metrics = {"test_accuracy": acc, "total_s": 10.0, "gpu_hours": 0.0}
+            rid = _log(client, exp, _tags("d1", "m1", strategy, 1.0, s), metrics)
             client.log_batch(rid, params=[Param("corruption.label_noise", str(noise)), Param("trainer.epochs", "15")])
     return uri
 
@@ -285,6 +286,7 @@ def test_by_params_split_panels_each_with_its_own_baseline_and_reference(curric_
     assert "## d1 / m1 / corruption.label_noise=0" in md and "## d1 / m1 / corruption.label_noise=0.4" in md
     assert "Δ vs standard pp" in md and "the standard runs of the same dataset and model and corruption" in md
     assert (tmp_path / "accuracy_by_strategy_d1_m1_corruption.label_noise_0.4.png").exists()
+    assert not list(tmp_path.glob("accuracy_vs_gpu_hours_*"))  # CPU runs: 0 GPU-hours everywhere, no figure
 
 
 def test_by_an_unlogged_param_is_a_one_line_error(curric_store):

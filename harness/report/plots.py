@@ -116,7 +116,7 @@ def draw_all(report: Report, out_dir: Path) -> list[Figure]:
     for key, g in summary.groupby(list(report.panel), sort=True, dropna=False):
         panel = panel_title(report.panel, key)
         for cost in COST_AXES:
-            if g[cost].notna().any():
+            if (g[cost] > 0).any():  # not drawn when nothing was logged, or all zero (GPU-hours of CPU runs)
                 figures.append(accuracy_vs_cost(g, cost, out_dir, panel, colors))
         if g["fraction"].nunique() > 1:
             figures.append(accuracy_vs_fraction(g, out_dir, panel, colors, report.baseline))
