@@ -296,3 +296,11 @@ def test_by_an_unlogged_param_is_a_one_line_error(curric_store):
     assert proc.stderr.strip().splitlines() == [
         "winnow-report: error: --by trainer.epoch: no run of experiment curric logged this parameter; expected a "
         "config key such as trainer.epochs or corruption.label_noise"]
+
+
+def test_every_cost_a_trial_logs_has_a_report_column():
+    from harness.meters import cost_figures
+    from harness.report.summary import COSTS
+
+    logged = cost_figures({"total_s": 10.0, "total_energy_j": 100.0}, 1, 475.0, 2.5, 0.04, cpu_cores=2)
+    assert set(logged) <= set(COSTS)
