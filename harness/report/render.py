@@ -12,7 +12,7 @@ import pandas as pd
 
 from harness.report.plots import Figure
 from harness.report.stats import ALPHA, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
-from harness.report.summary import Report
+from harness.report.summary import BASELINE, REFERENCE, Report
 
 NA = "n/a"
 
@@ -80,7 +80,7 @@ def _vs_reference(r: pd.Series, reference: str) -> str:
             f"p={r['vs_reference_p']:.3f} n={int(r['vs_reference_n'])}{mark}")
 
 
-def display_table(s: pd.DataFrame, baseline: str = "full", reference: str = "random") -> pd.DataFrame:
+def display_table(s: pd.DataFrame, baseline: str = BASELINE, reference: str = REFERENCE) -> pd.DataFrame:
     """The human table of one panel: strings, n/a for anything missing."""
     rows = []
     for _, r in s.sort_values(["strategy", "fraction"]).iterrows():

@@ -9,7 +9,7 @@ seed by seed with the reference ("random") at the same fraction. Failed, missing
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -39,10 +39,6 @@ class Report:
     panel: tuple[str, ...] = ("dataset", "model")  # one table and one set of figures per value of these
     baseline: str = BASELINE
     reference: str = REFERENCE
-    group_keys: tuple[str, ...] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.group_keys = (*self.panel, "strategy", "fraction")
 
 
 def _group_mean(values: pd.Series) -> float:
