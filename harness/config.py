@@ -15,15 +15,26 @@ from hydra.core.config_store import ConfigStore
 from hydra.utils import get_method
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from harness.build import build_dataset, build_strategy
 from harness.errors import UserError
 from strategies.curriculum import curriculum_label
+from strategies.pipeline import Pipeline
 
 # `${curriculum_label:${.ordering},${.pacing}}` in conf/strategy/curriculum.yaml names each curriculum run.
 OmegaConf.register_new_resolver("curriculum_label", curriculum_label, replace=True)
 
 
+# Every default is written here, once; conf/ YAML files set only what differs from it.
+
+
 @dataclass
 class TrainerConfig:
+    """The MNIST-1D reference recipe: Adam, lr 1e-2, batch 100, 6,000 steps on 4,000 samples.
+
+    The budget in epochs scales with the selection (a 50% subset trains half the steps): the saving a strategy
+    buys. `trainer.steps=6000 trainer.epochs=null` holds the step count fixed instead.
+    """
+
     epochs: int | None = 150  # 150 epochs x 40 steps = the reference's 6,000 steps on 4,000 samples
     steps: int | None = None  # set instead of epochs for a fixed step budget (then epochs: null)
     batch_size: int = 100
@@ -41,7 +52,8 @@ class TrainerConfig:
 
 @dataclass
 class TrackingConfig:
-    uri: str | None = None  # None: sqlite:///mlflow.db in the working directory
+    # None: $MLFLOW_TRACKING_URI when set, else sqlite:///mlflow.db in the working directory; a server: http://host:5000
+    uri: str | None = None
     experiment: str = "winnow"
 
 
@@ -65,7 +77,10 @@ class ProbeConfig:
 class CostConfig:
     """How energy is estimated and what it costs (docs/cost.md). Not part of a trial's identity (config_hash)."""
 
-    watts_per_core: float | None = 12.0  # CPU estimate without RAPL: W per busy core (TDP/core); null: no estimate
+    # CPU estimate without RAPL: W per busy core x CPU seconds (labelled `estimate`); null: no estimate. Green
+    # Algorithms (Lannelongue et al. 2021) charges a CPU its TDP per core, about 10-15 W for current server parts
+    # (a 205 W, 16-core Xeon Gold 6246R is 12.8 W/core): 12 W is the middle, an order-of-magnitude figure.
+    watts_per_core: float | None = 12.0
     poll_s: float = 0.1  # background sampling period: NVML power without an energy counter, RAPL wrap-around
     co2e_g_per_kwh: float = 475.0  # world-average grid carbon intensity (IEA 2019; CodeCarbon's fallback)
     usd_per_gpu_hour: float = 2.5  # on-demand price of one data-centre GPU (order of magnitude; set yours)
@@ -82,8 +97,8 @@ class WinnowConfig:
     corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     cost: CostConfig = field(default_factory=CostConfig)
-    seed: int = 0
-    cache_dir: str = ".winnow/cache"  # generated datasets and signals, content-addressed
+    seed: int = 0  # derives every generator: init, data order, selection (harness/seeding.py)
+    cache_dir: str = ".winnow/cache"  # generated datasets and signals, content-addressed, shared by a sweep
 
 
 def register_schemas() -> None:
@@ -92,52 +107,41 @@ def register_schemas() -> None:
 
 # Keys that name where things go, not what the trial is: left out of the config hash.
 _NOT_IDENTITY = ("tracking", "cache_dir", "hydra", "cost")
-# Labels in group configs that are not constructor arguments.
-LABEL_KEYS = ("name", "fraction")
 
 
-# Strategies that keep every sample whatever the target: a sweep over fractions runs them once.
-_KEEPS_ALL = ("strategies.simple.Full",)
+def _stage_class(strategy: Any) -> Any:
+    """The strategy's class (or None when its target cannot be imported: `validate` reports that with its key)."""
+    try:
+        return get_method(strategy["_target_"])
+    except Exception:
+        return None
 
 
 def effective_fraction(cfg: DictConfig) -> float:
-    """The target fraction the trial really works to: 1 for `full`, whatever `strategy.fraction` says.
-
-    So `-m strategy=full,random strategy.fraction=0.1,0.3` gives full one identity and one report row.
+    """The target fraction the trial really works to: 1 for a stage that `keeps_all` (full data), whatever
+    `strategy.fraction` says. So `-m strategy=full,random strategy.fraction=0.1,0.3` gives full one identity and
+    one report row.
     """
-    if cfg.strategy.get("_target_") in _KEEPS_ALL:
+    if "_target_" in cfg.strategy and getattr(_stage_class(cfg.strategy), "keeps_all", False):
         return 1.0
     return float(cfg.strategy.get("fraction", 1.0))
 
 
 def config_hash(cfg: DictConfig) -> str:
-    """Names a trial by its resolved config minus output locations; resume and caches key on it."""
+    """Names a trial by its resolved config minus output locations; resume and caches key on it.
+
+    A strategy class may drop the arguments its other settings make irrelevant (`Stage.identity_args`).
+    """
     d = OmegaConf.to_container(cfg, resolve=True)
     for k in _NOT_IDENTITY:
         d.pop(k, None)
-    if isinstance(d.get("strategy"), dict) and "fraction" in d["strategy"]:
-        d["strategy"]["fraction"] = effective_fraction(cfg)
-    d["strategy"] = _identity_args(d.get("strategy"))
+    strategy = d.get("strategy")
+    if isinstance(strategy, dict) and "_target_" in strategy:
+        if "fraction" in strategy:
+            strategy["fraction"] = effective_fraction(cfg)
+        hook = getattr(_stage_class(strategy), "identity_args", None)
+        d["strategy"] = hook(strategy) if hook else strategy
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _identity_args(strategy: Any) -> Any:
-    """A strategy class may drop the arguments its other settings make irrelevant (`identity_args`)."""
-    if not isinstance(strategy, dict) or "_target_" not in strategy:
-        return strategy
-    try:
-        hook = getattr(get_method(strategy["_target_"]), "identity_args", None)
-    except Exception:
-        return strategy  # validate() reports an unimportable target with its key
-    return hook(strategy) if hook else strategy
-
-
-def constructor_args(node: DictConfig) -> DictConfig:
-    """A group config without its label keys, ready for `hydra.utils.instantiate`."""
-    d = OmegaConf.to_container(node, resolve=True)
-    for k in LABEL_KEYS:
-        d.pop(k, None)
-    return OmegaConf.create(d)
 
 
 def _check_target(key: str, node: Any) -> None:
@@ -154,11 +158,12 @@ def _positive_int(key: str, value: Any) -> None:
         raise UserError(f"{key}={value}: expected a positive integer")
 
 
-def validate(cfg: DictConfig, check_files: bool = True) -> None:
+def validate(cfg: DictConfig, check_files: bool = True) -> Pipeline:
     """Semantic checks on a composed config; cheap, no data is read beyond file existence.
 
     A sweep checks files inside each trial instead (`check_files=False` up front), so one trial's
-    missing file fails that trial's run and not the whole sweep.
+    missing file fails that trial's run and not the whole sweep. Returns the strategy it built and checked, so a
+    trial builds it once.
     """
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
@@ -209,19 +214,8 @@ def validate(cfg: DictConfig, check_files: bool = True) -> None:
     if p.model is not None:
         _check_target("probe.model", p.model)
 
-    from harness.select import check_strategy  # numpy-only imports: keeps the preflight fast
-
-    check_strategy(cfg)
-
-    source = _instantiate_dataset(cfg)
+    pipeline = build_strategy(cfg)
+    source = build_dataset(cfg)
     if check_files:
         source.check()
-
-
-def _instantiate_dataset(cfg: DictConfig):
-    from hydra.utils import instantiate
-
-    try:
-        return instantiate(constructor_args(cfg.dataset))
-    except Exception as e:
-        raise UserError(f"dataset: cannot build {cfg.dataset._target_} ({str(e).splitlines()[0]})") from None
+    return pipeline

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from harness.data import Dataset
-from harness.launcher import ddp_worker_resources
+from harness.launch_context import ddp_worker_resources
 from harness.train import TrainOutcome, _batches, budget_steps, evaluate
 from strategies import Selection
 

@@ -28,10 +28,9 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from harness.config import config_hash
-from harness.errors import UserError
+from harness.errors import UserError, one_line
+from harness.launch_context import launch_context
 
-# Set by the Ray task around the trial: tags the trial adds to its MLflow run (see `launch_tags`).
-CONTEXT_ENV = "WINNOW_LAUNCH_CONTEXT"
 TAG_JOB = "sweep_job"  # "<sweep id>:<job index>": finds a job's runs, retried attempts included
 
 
@@ -79,22 +78,6 @@ def validate_launcher(params: DictConfig) -> None:
         raise bad("address", "null (start Ray here), auto, ray://host:port or host:port")
 
 
-def launch_tags() -> dict[str, str]:
-    """Tags for the trial's MLflow run when it runs inside a launcher task; {} otherwise."""
-    ctx = json.loads(os.environ.get(CONTEXT_ENV, "{}"))
-    return {k: str(v) for k, v in ctx.get("tags", {}).items()}
-
-
-def ddp_worker_resources() -> dict[str, float] | None:
-    """Per-worker Ray resources for a data-parallel trial launched by the sweep; None outside a sweep."""
-    return json.loads(os.environ.get(CONTEXT_ENV, "{}")).get("worker_resources")
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
-
-
 def _guarded(task_function: TaskFunction) -> TaskFunction:
     # A task function may sys.exit on a user error; in a Ray worker that would kill the worker
     # (and Ray would retry a deterministic failure), so it becomes an ordinary exception.
@@ -124,20 +107,19 @@ def run_job_in_worker(spec: JobSpec, task_function: TaskFunction, hydra_context:
     ctx = ray.get_runtime_context()
     tags = {**spec.context.get("tags", {}), "ray_node_id": ctx.get_node_id(), "worker_pid": os.getpid(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "launcher_task_start": task_start}
-    os.environ[CONTEXT_ENV] = json.dumps({**spec.context, "tags": tags})
     setup_globals()
     Singleton.set_state(singleton_state)  # Hydra's plugin and config-store registry, as on the driver
     HydraConfig.instance().set_config(spec.config)
     try:
-        ret = run_job(hydra_context=hydra_context, task_function=_guarded(task_function), config=spec.config,
-                      job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        with launch_context({**spec.context, "tags": tags}):
+            ret = run_job(hydra_context=hydra_context, task_function=_guarded(task_function), config=spec.config,
+                          job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
     finally:
-        os.environ.pop(CONTEXT_ENV, None)
         if os.path.isdir(spec.cwd):  # undo a job's own chdir (hydra.job.chdir=true): the worker is reused
             os.chdir(spec.cwd)
     if ret.status == JobStatus.COMPLETED:
         return TaskResult("COMPLETED", ret.return_value, None, ret.working_dir or "", task_start)
-    return TaskResult("FAILED", None, _one_line(ret._return_value), ret.working_dir or "", task_start)
+    return TaskResult("FAILED", None, one_line(ret._return_value), ret.working_dir or "", task_start)
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -168,14 +150,38 @@ def _compose_jobs(hydra_context: HydraContext, config: DictConfig, job_overrides
         with open_dict(cfg):
             cfg.hydra.job.id = f"{cfg.hydra.job.name}_{idx}"
             cfg.hydra.job.num = idx
+            # The store is resolved here ($MLFLOW_TRACKING_URI included): a worker on another node lacks the
+            # driver's environment. tracking is not part of the trial's identity.
+            cfg.tracking.uri = tracking_uri(cfg.tracking.uri)
         task_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-        jobs.append(Job(idx, list(overrides), cfg, config_hash(task_cfg), tracking_uri(task_cfg.tracking.uri),
+        jobs.append(Job(idx, list(overrides), cfg, config_hash(task_cfg), cfg.tracking.uri,
                         task_cfg.tracking.experiment))
     # Label each trial by the values that differ between trials (what the sweep sweeps).
     common = set.intersection(*(set(j.overrides) for j in jobs)) if jobs else set()
     for j in jobs:
         j.label = " ".join(filter_overrides([o for o in j.overrides if o not in common])) or "(defaults)"
     return jobs
+
+
+def _prepare_datasets(jobs: list[Job]) -> None:
+    """One-time dataset preparation (generating MNIST-1D, decoding into a cache) here on the driver, once per
+    distinct dataset, so it is never charged to whichever trial happens to run first. A dataset that cannot be
+    prepared is left to its trials, which record the error in their runs."""
+    from harness.build import build_dataset
+
+    done: set[str] = set()
+    for job in jobs:
+        task_cfg = OmegaConf.masked_copy(job.config, ["dataset", "cache_dir"])
+        key = json.dumps(OmegaConf.to_container(task_cfg, resolve=True), sort_keys=True, default=str)
+        if key in done:
+            continue
+        done.add(key)
+        try:
+            source = build_dataset(task_cfg)
+            source.check()
+            source.prepare(task_cfg.cache_dir)
+        except Exception:
+            continue
 
 
 def _finished_hashes(uri: str, experiment: str) -> set[str]:
@@ -308,6 +314,7 @@ def launch(hydra_context: HydraContext, task_function: TaskFunction, config: Dic
             j.state, j.reason = "skipped", f"same config hash as job {first[key].idx}"
         first.setdefault(key, j)
     todo = [j for j in jobs if j.state == "pending"]
+    _prepare_datasets(todo)
 
     started_ray = _connect(params) if todo else False
     sweep_id = uuid.uuid4().hex[:8]
@@ -327,7 +334,7 @@ def launch(hydra_context: HydraContext, task_function: TaskFunction, config: Dic
                     job.state = "finished" if job.result.status == "COMPLETED" else "failed"
                     job.reason = job.result.error or ""
                 except ray.exceptions.RayError as e:  # worker/node died more than max_retries times, or cancelled
-                    job.state, job.reason = "failed", _one_line(e)
+                    job.state, job.reason = "failed", one_line(e)
                 run = _settle(job, sweep_id, "the worker running this trial died; Ray retried the trial")
                 bar.write(f"[{bar.n + 1}/{len(jobs)}] {_result_line(job, run)}")
                 bar.update(1)

@@ -1,6 +1,6 @@
 """One meter API around each stage of a trial: wall time, energy and peak memory per stage (docs/cost.md).
 
-    meter = Meter(device)
+    meter = Meter(device, watts_per_core=cfg.cost.watts_per_core)
     with meter.stage("train"):
         ...
     meter.add("eval", eval_s, from_stage="train")   # time measured inside train, with its share of energy
@@ -33,10 +33,6 @@ import torch
 log = logging.getLogger(__name__)
 
 NAN = float("nan")
-# Green Algorithms (Lannelongue et al. 2021, green-algorithms.org) charges a CPU by its TDP per core; about
-# 10-15 W per core for current server parts (e.g. a 205 W, 16-core Xeon Gold 6246R is 12.8 W/core). 12 W is
-# the middle of that range: an order-of-magnitude figure, labelled `estimate` wherever it is used.
-DEFAULT_WATTS_PER_CORE = 12.0
 POWERCAP_ROOT = Path("/sys/class/powercap")
 CLEAR_REFS = Path("/proc/self/clear_refs")
 PROC_STATUS = Path("/proc/self/status")
@@ -109,7 +105,11 @@ class RaplReader:
 
 
 class CpuEstimate:
-    """Watts per busy core x CPU seconds (user + system) of this process and its waited-for children."""
+    """Watts per busy core x CPU seconds (user + system) of this process and its waited-for children.
+
+    CPU time is read at microsecond resolution (`time.process_time`, getrusage for children), not in the 10 ms
+    clock ticks of `os.times`, which charged a 3 ms stage 0 J or a whole tick's worth.
+    """
 
     label = "estimate"
 
@@ -120,8 +120,8 @@ class CpuEstimate:
 
     @staticmethod
     def _cpu_s() -> float:
-        t = os.times()
-        return t.user + t.system + t.children_user + t.children_system
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.process_time() + children.ru_utime + children.ru_stime
 
     def read_j(self) -> float:
         return (self._cpu_s() - self.start_cpu_s) * self.watts_per_core
@@ -303,8 +303,8 @@ class Meter:
     when a source needs it.
     """
 
-    def __init__(self, device: torch.device | str = "cpu", watts_per_core: float | None = DEFAULT_WATTS_PER_CORE,
-                 poll_s: float = 0.1, powercap_root: Path = POWERCAP_ROOT, clear_refs: Path = CLEAR_REFS) -> None:
+    def __init__(self, device: torch.device | str, *, watts_per_core: float | None, poll_s: float = 0.1,
+                 powercap_root: Path = POWERCAP_ROOT, clear_refs: Path = CLEAR_REFS) -> None:
         self.device = torch.device(device)
         self.seconds: dict[str, float] = {}
         self.peaks: dict[str, dict[str, float]] = {}  # stage -> {"peak_rss_bytes": ..., ...}

@@ -1,8 +1,11 @@
 """`python -m harness.reproduce RUN_ID [--tracking-uri URI]` (console script `winnow-reproduce`).
 
 Re-runs a finished trial from its logged `config.yaml` in the same tracking store (the new run is
-tagged `reproduction_of=RUN_ID`), then compares the two runs: dataset fingerprint, selected-indices
-hash, config hash and every outcome metric; the environment manifests are diffed for information.
+tagged `reproduction_of=RUN_ID`), with the numerics the run recorded (device, torch thread count:
+harness/numerics.py), then compares the two runs: dataset fingerprint, selected-indices hash, config hash
+and every outcome metric. Circumstances (timings, energy, memory, whether the signal cache was warm) are
+shown, never compared; the environment manifests are diffed for information. The store is
+--tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db.
 Run it from the directory the original trial ran in: relative paths in the config (dataset.path,
 cache_dir) resolve against the working directory.
 
@@ -22,13 +25,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.errors import UserError
-from harness.tracking import DEFAULT_URI
+from harness.errors import UserError, exit_user_error, first_line
+from harness.tracking import flatten, tracking_uri
 
 EXIT_OK, EXIT_DIFFERS, EXIT_USER, EXIT_DATA_CHANGED = 0, 1, 2, 3
-# Measurements of cost, not results: they vary run to run and are shown, never compared.
+# Circumstances, not results: measurements of cost vary run to run, and whether the signal cache was warm says
+# where the signals came from, not what they are (their content is compared through the selected indices).
+# Shown, never compared.
 COST_SUFFIXES = ("_s", "_bytes", "_j")
-COST_NAMES = frozenset({"gpu_hours", "cpu_core_hours", "kwh", "energy_kwh", "co2e_g", "cost_usd"})
+COST_NAMES = frozenset({"gpu_hours", "cpu_core_hours", "kwh", "energy_kwh", "co2e_g", "cost_usd", "cache_hit"})
 # Counts fixed by the config and the selection: equal on any device.
 EXACT = frozenset({"n_selected", "n_train", "selected_fraction", "steps", "epochs", "num_params"})
 # On a GPU (either run), kernels are not bitwise deterministic by default (cuDNN/cuBLAS algorithm
@@ -53,20 +58,8 @@ def within(metric: str, a: float, b: float, gpu: bool) -> bool:
     return abs(a - b) <= GPU_OTHER_REL * max(abs(a), abs(b))
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        elif isinstance(v, list):
-            out.update(_flatten({str(i): x for i, x in enumerate(v)}, f"{prefix}{k}.") if v else {prefix + k: []})
-        else:
-            out[prefix + k] = v
-    return out
-
-
 def environment_diff(original: dict, new: dict) -> list[str]:
-    a, b = _flatten(original), _flatten(new)
+    a, b = flatten(original), flatten(new)
     return [f"{k}: {a.get(k, '(absent)')} -> {b.get(k, '(absent)')}" for k in sorted(a.keys() | b.keys())
             if a.get(k) != b.get(k)]
 
@@ -109,28 +102,34 @@ def load_config(client, run_id: str):
     return OmegaConf.merge(OmegaConf.structured(WinnowConfig), OmegaConf.create(text))
 
 
-def reproduce(run_id: str, tracking_uri: str = DEFAULT_URI) -> Comparison:
+def reproduce(run_id: str, uri: str | None = None) -> Comparison:
+    """Re-run `run_id` from the store `uri` (None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db) and compare."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri)
+    uri = tracking_uri(uri)
+    client = MlflowClient(uri)
     try:
         original = client.get_run(run_id)
     except MlflowException:
-        raise UserError(f"run {run_id}: not found in {tracking_uri}") from None
+        raise UserError(f"run {run_id}: not found in {uri}") from None
     if original.info.status != "FINISHED":
         raise UserError(f"run {run_id}: status {original.info.status}; only a FINISHED run can be reproduced")
     cfg = load_config(client, run_id)
-    cfg.tracking.uri = tracking_uri  # the store we read from, whatever (possibly relative) URI the trial used
+    cfg.tracking.uri = uri  # the store we read from, whatever (possibly relative) URI the trial used
     cfg.tracking.experiment = client.get_experiment(original.info.experiment_id).name
 
-    from harness.trial import run_trial  # torch and the trial stack only once the run is known good
+    # torch and the trial stack only once the run is known good
+    from harness.numerics import Numerics, torch_threads
+    from harness.trial import run_trial
 
+    numerics = Numerics.from_tags(original.data.tags, run_id)
     started_ms = int(time.time() * 1000)
     try:
-        new_id, error = run_trial(cfg).run_id, None
+        with torch_threads(numerics.torch_threads):
+            new_id, error = run_trial(cfg, replay=numerics).run_id, None
     except Exception as e:
-        new_id, error = _find_new_run(client, original, started_ms), f"{type(e).__name__}: {e}".splitlines()[0]
+        new_id, error = _find_new_run(client, original, started_ms), f"{type(e).__name__}: {first_line(e)}"
     if new_id:
         client.set_tag(new_id, "reproduction_of", run_id)
     new = client.get_run(new_id) if new_id else None
@@ -156,7 +155,8 @@ def compare(client, original, new, error: str | None = None) -> Comparison:
     a_fp, b_fp = a_tags.get("dataset_fingerprint"), b_tags.get("dataset_fingerprint")
     c.fingerprints = (a_fp, b_fp)
     c.data_changed = bool(a_fp and b_fp and a_fp != b_fp)
-    for tag in ("dataset_fingerprint", "config_hash", "selected_indices_sha256"):
+    for tag in ("dataset_fingerprint", "config_hash", "selected_indices_sha256", "device", "torch_threads",
+                "amp_dtype", "deterministic"):
         a, b = a_tags.get(tag), b_tags.get(tag)
         _record(c, tag, a == b and a is not None, f"{a} -> {b}" if a != b else f"{a}")
     if error:
@@ -165,7 +165,7 @@ def compare(client, original, new, error: str | None = None) -> Comparison:
     for m, a in sorted(original.data.metrics.items(), key=lambda kv: (is_cost(kv[0]), kv[0])):
         b = b_metrics.get(m, float("nan"))
         if is_cost(m):
-            c.lines.append(f"  info  {m:<26} {a:.4g} -> {b:.4g} (a measurement; not compared)")
+            c.lines.append(f"  info  {m:<26} {a:.4g} -> {b:.4g} (a circumstance; not compared)")
         else:
             _record(c, m, within(m, a, b, gpu), f"{a:.10g} -> {b:.10g}")
     env_a, env_b = (_download_text(client, r.info.run_id, "environment.json") for r in (original, new))
@@ -205,13 +205,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="winnow-reproduce",
                                      description="Re-run a trial from its MLflow record and compare.")
     parser.add_argument("run_id", help="MLflow run id of a FINISHED trial")
-    parser.add_argument("--tracking-uri", default=DEFAULT_URI, help=f"MLflow tracking URI (default {DEFAULT_URI})")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     args = parser.parse_args(argv)
     try:
         comparison = reproduce(args.run_id, args.tracking_uri)
     except UserError as e:
-        print(f"winnow-reproduce: error: {e}", file=sys.stderr)
-        sys.exit(EXIT_USER)
+        exit_user_error("winnow-reproduce", e)
     print(report_text(args.run_id, comparison))
     sys.exit(comparison.exit_code)
 

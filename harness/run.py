@@ -13,14 +13,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from harness.config import register_schemas
-from harness.errors import UserError
+from harness.errors import UserError, exit_user_error
 
 register_schemas()
-
-
-def _fail(e: UserError) -> None:
-    print(f"winnow: error: {e}", file=sys.stderr)
-    sys.exit(e.exit_code)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -32,7 +27,7 @@ def hydra_main(cfg: DictConfig) -> float:
     except UserError as e:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # one trial of a sweep: the launcher records it and the others go on
-        _fail(e)
+        exit_user_error("winnow", e)
     print(f"test_accuracy={result.test_accuracy:.4f} n_selected={result.n_selected} "
           f"train_s={result.metrics['train_s']:.1f} total_s={result.metrics['total_s']:.1f} run_id={result.run_id}")
     return result.test_accuracy
@@ -44,7 +39,7 @@ def main() -> None:
     try:
         preflight(sys.argv[1:])
     except UserError as e:
-        _fail(e)
+        exit_user_error("winnow", e)
     try:
         hydra_main()
     except KeyboardInterrupt:

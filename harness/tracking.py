@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
+import time
 import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -17,6 +19,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow 3's own default, in the working directory
+URI_ENV = "MLFLOW_TRACKING_URI"  # what every MLflow user sets on a cluster; honoured wherever no URI is given
 _BATCH = 900  # MLflow accepts at most 1,000 metrics per log_batch call
 
 # MLflow announces creating its SQLite tables at INFO; a user error must stay one line on stderr.
@@ -24,8 +27,10 @@ for _name in ("mlflow", "alembic"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 
-def tracking_uri(uri: str | None) -> str:
-    return uri or DEFAULT_URI
+def tracking_uri(uri: str | None = None) -> str:
+    """The store to use: `uri` when given (tracking.uri, --tracking-uri), else $MLFLOW_TRACKING_URI, else the
+    SQLite file in the working directory."""
+    return uri or os.environ.get(URI_ENV) or DEFAULT_URI
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -60,7 +65,7 @@ class TrialRun:
 
     def curves(self, curves: Mapping[str, list[tuple[int, float]]]) -> None:
         """Whole curves at once ({name: [(step, value), ...]}): one round-trip per 900 points."""
-        now = int(__import__("time").time() * 1000)
+        now = int(time.time() * 1000)
         items = [Metric(name, float(v), now, int(step)) for name, pts in curves.items() for step, v in pts]
         for i in range(0, len(items), _BATCH):
             self.client.log_batch(self.run_id, metrics=items[i : i + _BATCH])

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import resource
+import time
 from dataclasses import dataclass
 
 import torch
-from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from harness import manifest
-from harness.config import config_hash, constructor_args, effective_fraction, validate
-from harness.data import Dataset
+from harness.build import build_dataset, build_model
+from harness.config import config_hash, effective_fraction, validate
 from harness.data.corrupt import add_label_noise
+from harness.ddp import train_ddp
 from harness.flops import step_flops
-from harness.launcher import launch_tags
+from harness.launch_context import launch_tags
 from harness.meters import Meter, cost_figures
+from harness.numerics import Numerics
 from harness.seeding import derive_seed
 from harness.select import run_selection
 from harness.tracking import flatten, trial_run
@@ -34,19 +35,6 @@ class TrialResult:
     metrics: dict[str, float]
 
 
-def build_model(model_cfg: DictConfig, data: Dataset) -> torch.nn.Module:
-    """Instantiate the model, filling `input_shape`/`num_classes` from the data when the target takes them."""
-    args = constructor_args(model_cfg)
-    target = get_method(args._target_)
-    accepted = inspect.signature(target).parameters
-    extra = {}
-    if "input_shape" in accepted and "input_shape" not in args:
-        extra["input_shape"] = data.input_shape
-    if "num_classes" in accepted and "num_classes" not in args:
-        extra["num_classes"] = data.num_classes
-    return instantiate(args, **extra)
-
-
 def _peak_rss_bytes(stages_peak: float) -> float:
     """The trial's peak RSS: the largest stage peak (meters) or that of a helper process it started (KiB)."""
     own = stages_peak if stages_peak == stages_peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -59,9 +47,13 @@ def run_name(cfg: DictConfig) -> str:
     return f"{s.get('name', 'strategy')}-f{frac:g}-{cfg.model.get('name', 'model')}-s{cfg.seed}"
 
 
-def run_trial(cfg: DictConfig) -> TrialResult:
-    """Run one configured trial end to end. Raises UserError for bad input (the run ends FAILED)."""
-    validate(cfg, check_files=False)  # values; files are checked inside the run so a sweep records them
+def run_trial(cfg: DictConfig, replay: Numerics | None = None) -> TrialResult:
+    """Run one configured trial end to end. Raises UserError for bad input (the run ends FAILED).
+
+    `replay` (harness.reproduce) pins the device and torch thread count a recorded run had; the caller sets the
+    threads (harness.numerics.torch_threads).
+    """
+    strategy = validate(cfg, check_files=False)  # values; files are checked inside the run so a sweep records them
     chash = config_hash(cfg)
     commit, dirty = manifest.git_state()
     tags = {
@@ -75,7 +67,8 @@ def run_trial(cfg: DictConfig) -> TrialResult:
         "git_dirty": dirty,
         **launch_tags(),  # sweep id, Ray node, CUDA_VISIBLE_DEVICES, worker pid when a launcher task runs it
     }
-    device = resolve_device(cfg.trainer.device)
+    device = replay.device if replay is not None else resolve_device(cfg.trainer.device)
+    numerics = Numerics.of_trial(device, cfg.trainer.amp, cfg.trainer.deterministic)
     if cfg.trainer.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -87,18 +80,23 @@ def run_trial(cfg: DictConfig) -> TrialResult:
         run.artifact_text("config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         run.artifact_text("environment.json", json.dumps(manifest.environment_manifest(), indent=2))
 
+        source = build_dataset(cfg)
+        source.check()
+        # One-time preparation (generating, decoding into a cache) is not this trial's cost: a sweep's driver does
+        # it before the trials start; a lone trial does it here, outside every metered stage, and logs its time.
+        start = time.perf_counter()
+        if source.prepare(cfg.cache_dir):
+            run.metrics({"dataset_prepare_s": time.perf_counter() - start})
         with meter.stage("data"):
-            source = instantiate(constructor_args(cfg.dataset))
-            source.check()
             data = add_label_noise(source.load(cfg.cache_dir), cfg.corruption.label_noise, cfg.seed)
-        run.tags({"dataset_fingerprint": data.fingerprint, "device": str(device)})
+        run.tags({"dataset_fingerprint": data.fingerprint, **numerics.tags()})
 
-        selection = run_selection(cfg, data, meter, run)
+        selection = run_selection(cfg, strategy, data, device, meter, run)
         if data.noisy is not None:  # how many corrupted labels the strategy let through
             run.metrics({"noisy_selected_fraction": float(data.noisy[selection.indices].mean())})
 
         torch.manual_seed(derive_seed(cfg.seed, "init"))
-        model = build_model(cfg.model, data)
+        model = build_model(cfg.model, data.input_shape, data.num_classes)
         # Counted on a copy, outside every stage: measurement is not the strategy's cost. It also warms up
         # the kernels, so the first trial of a worker process is not charged one-off start-up time.
         first = torch.from_numpy(data.x_train[selection.indices[: cfg.trainer.batch_size]]).to(device)
@@ -106,8 +104,6 @@ def run_trial(cfg: DictConfig) -> TrialResult:
             data.y_train[selection.indices[: cfg.trainer.batch_size]]).to(device))
         with meter.stage("train"):
             if cfg.trainer.workers > 1:  # data-parallel on Ray Train; the selection above is shared by all workers
-                from harness.ddp import train_ddp
-
                 outcome = train_ddp(model, data, selection, cfg.trainer, cfg.seed, device)
             else:
                 outcome = train(model, data, selection, cfg.trainer, cfg.seed, device, meter=meter)

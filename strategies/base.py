@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -75,11 +76,42 @@ class SelectionContext:
 
 @runtime_checkable
 class Stage(Protocol):
-    """One step of a selection pipeline."""
+    """One step of a selection pipeline: the whole contract the harness relies on (`BaseStage` has the defaults).
+
+    needs:          signals `select` reads from `ctx.signals` ("embeddings", "el2n", ...); the harness computes them.
+    reaches_target: True when the stage cuts to `ctx.fraction` (coresets); False when it removes by its own rule
+                    (dedup with a fixed eps) or keeps everything (curricula). A fraction < 1 needs one such stage.
+    keeps_all:      True when the stage keeps every candidate whatever the fraction (full data): a sweep over
+                    fractions then runs it once, as one trial with effective fraction 1.
+    info:           numbers the stage found while selecting (e.g. the eps a dedup stage settled on), logged per stage.
+    identity_args:  maps the stage's config arguments to those that change what it does (config_hash keys on them).
+    """
 
     needs: frozenset[str]
+    reaches_target: bool
+    keeps_all: bool
+    info: Mapping[str, float]
+
+    @staticmethod
+    def identity_args(args: dict) -> dict: ...
 
     def select(self, ctx: SelectionContext) -> Selection: ...
+
+
+class BaseStage:
+    """Defaults of the `Stage` contract; a strategy class overrides only what differs."""
+
+    needs: frozenset[str] = frozenset()
+    reaches_target: bool = True
+    keeps_all: bool = False
+    info: Mapping[str, float] = MappingProxyType({})  # read-only default; stages that report assign their own
+
+    @staticmethod
+    def identity_args(args: dict) -> dict:
+        return args
+
+    def select(self, ctx: SelectionContext) -> Selection:
+        raise NotImplementedError
 
 
 def class_quota(labels: np.ndarray, k: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:

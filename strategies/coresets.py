@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from strategies.base import (
+    BaseStage,
     Selection,
     SelectionContext,
     SelectionError,
@@ -27,14 +28,13 @@ def top_k(scores: np.ndarray, k: int, keep: str = "hard") -> np.ndarray:
     return np.argsort(key, kind="stable")[:k]
 
 
-class ScoreCoreset:
+class ScoreCoreset(BaseStage):
     """Keep the hardest (or easiest) samples by one signal: EL2N, GraNd, forgetting, uncertainty, loss, ..."""
 
     def __init__(self, signal: str, keep: str = "hard", class_balance: bool = False) -> None:
         check_choice("keep", keep, KEEP)
         self.signal, self.keep, self.class_balance = signal, keep, class_balance
         self.needs = frozenset({signal})
-        self.reaches_target = True
 
     def select(self, ctx: SelectionContext) -> Selection:
         scores = np.asarray(ctx.signals[self.signal], dtype=np.float64)
@@ -106,13 +106,12 @@ def herding(x: np.ndarray, k: int) -> np.ndarray:
     return chosen
 
 
-class KCenterGreedy:
+class KCenterGreedy(BaseStage):
     """k-center greedy coreset on embeddings: the set whose farthest sample is closest to it (a cover)."""
 
     def __init__(self, embedding: str = "embeddings", class_balance: bool = False, batch: int = 128) -> None:
         self.embedding, self.class_balance, self.batch = embedding, class_balance, batch
         self.needs = frozenset({embedding})
-        self.reaches_target = True
 
     def select(self, ctx: SelectionContext) -> Selection:
         emb = rows(ctx.signals[self.embedding], ctx.candidates)
@@ -123,13 +122,12 @@ class KCenterGreedy:
         return Selection(pick_balanced(ctx, ctx.n_target, self.class_balance, pick))
 
 
-class Herding:
+class Herding(BaseStage):
     """Herding coreset on embeddings: the samples whose running mean best tracks the mean of all."""
 
     def __init__(self, embedding: str = "embeddings", class_balance: bool = False) -> None:
         self.embedding, self.class_balance = embedding, class_balance
         self.needs = frozenset({embedding})
-        self.reaches_target = True
 
     def select(self, ctx: SelectionContext) -> Selection:
         emb = rows(ctx.signals[self.embedding], ctx.candidates)
@@ -167,7 +165,7 @@ def nearest_centroid(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, 
     return sim[:, 0], idx[:, 0].astype(np.int64)
 
 
-class Prototypes:
+class Prototypes(BaseStage):
     """Self-supervised prototypes (Sorscher et al. 2022): score = cosine distance to the nearest k-means centroid.
 
     keep: hard keeps the samples farthest from their prototype (the paper's choice for large data), easy the
@@ -182,7 +180,6 @@ class Prototypes:
         self.embedding, self.n_clusters, self.keep = embedding, n_clusters, keep
         self.class_balance, self.niter = class_balance, niter
         self.needs = frozenset({embedding})
-        self.reaches_target = True
 
     def select(self, ctx: SelectionContext) -> Selection:
         x = l2_normalise(rows(ctx.signals[self.embedding], ctx.candidates))
@@ -221,7 +218,7 @@ def ccs_select(scores: np.ndarray, k: int, beta: float, n_strata: int, rng: np.r
     return np.sort(np.concatenate(picked)) if picked else np.empty(0, np.int64)
 
 
-class CCS:
+class CCS(BaseStage):
     """Coverage-centric coreset selection: drop the hardest beta, then sample evenly across the score range."""
 
     def __init__(self, signal: str = "el2n", beta: float = 0.1, n_strata: int = 50,
@@ -232,7 +229,6 @@ class CCS:
             raise SelectionError(f"n_strata={n_strata}: expected a positive integer")
         self.signal, self.beta, self.n_strata, self.class_balance = signal, beta, n_strata, class_balance
         self.needs = frozenset({signal})
-        self.reaches_target = True
 
     def select(self, ctx: SelectionContext) -> Selection:
         s = np.asarray(ctx.signals[self.signal], dtype=np.float64)[ctx.candidates]

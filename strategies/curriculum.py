@@ -10,7 +10,7 @@ from functools import partial
 
 import numpy as np
 
-from strategies.base import Selection, SelectionContext, SelectionError, check_choice
+from strategies.base import BaseStage, Selection, SelectionContext, SelectionError, check_choice
 
 PACINGS = ("linear", "quad", "root", "step", "exp", "log")
 ORDERINGS = ("curriculum", "anti", "random", "standard")
@@ -48,7 +48,7 @@ def curriculum_label(ordering: str, pacing: str) -> str:
     return "standard" if ordering == "standard" else f"{ordering}-{pacing}"
 
 
-class Curriculum:
+class Curriculum(BaseStage):
     """Order the candidates by a difficulty signal and pace them in.
 
     ordering: curriculum (easy -> hard), anti (hard -> easy), random (a fixed random order, still paced: the

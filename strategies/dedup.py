@@ -10,7 +10,7 @@ import hashlib
 
 import numpy as np
 
-from strategies.base import Selection, SelectionContext, SelectionError, check_choice, l2_normalise, rows
+from strategies.base import BaseStage, Selection, SelectionContext, SelectionError, check_choice, l2_normalise, rows
 from strategies.coresets import nearest_centroid, spherical_kmeans
 
 
@@ -19,7 +19,7 @@ def check_eps(eps: float | None) -> None:
         raise SelectionError(f"eps={eps}: expected a number in (0, 1), or null to reach strategy.fraction")
 
 
-class ExactDedup:
+class ExactDedup(BaseStage):
     """Keep the first occurrence of each distinct sample (hash of its bytes: dtype, shape and values)."""
 
     needs = frozenset({"inputs"})
@@ -113,7 +113,7 @@ def eps_for_target(scores: np.ndarray, k: int) -> float:
     return max(1.0 - t, 0.0)
 
 
-class SemDeDup:
+class SemDeDup(BaseStage):
     """SemDeDup (Abbas et al. 2023) on unit embeddings.
 
     1. FAISS spherical k-means (trained on a sample when N is large), every item assigned to its nearest centroid.
@@ -183,7 +183,7 @@ def first_per_component(labels: np.ndarray) -> np.ndarray:
     return np.sort(first)
 
 
-class KnnDedup:
+class KnnDedup(BaseStage):
     """Cluster-free dedup: link each item to those of its k nearest neighbours with cosine > 1 - eps; keep the
     first item (lowest position) of each connected component."""
 

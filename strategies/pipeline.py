@@ -40,7 +40,7 @@ class Pipeline:
         self.needs = frozenset().union(*(s.needs for s in self.stages))
         # Whether some stage cuts to `fraction` (a coreset, or dedup with eps: null); dedup with a fixed eps
         # and curricula do not.
-        self.reaches_target = any(getattr(s, "reaches_target", True) for s in self.stages)
+        self.reaches_target = any(s.reaches_target for s in self.stages)
         self.reports: list[StageReport] = []
 
     def select(self, ctx: SelectionContext,
@@ -51,7 +51,7 @@ class Pipeline:
         for name, stage in zip(self.names, self.stages):
             with observe(name) if observe else nullcontext():
                 out = stage.select(ctx.with_candidates(result.indices))
-            info = dict(getattr(stage, "info", {}) or {})
+            info = dict(stage.info)
             self.reports.append(StageReport(name, len(result.indices), len(out.indices), info))
             result = out
         return result

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from strategies.base import Selection, SelectionContext, class_quota
+from strategies.base import BaseStage, Selection, SelectionContext, class_quota
 
 
-class Full:
+class Full(BaseStage):
     """Every candidate, in no particular order: the baseline every strategy is compared with."""
 
-    needs: frozenset[str] = frozenset()
+    keeps_all = True
 
     def select(self, ctx: SelectionContext) -> Selection:
         return Selection(np.sort(ctx.candidates))
 
 
-class Random:
+class Random(BaseStage):
     """A uniform random subset of `fraction` of the original set, optionally equal per class."""
-
-    needs: frozenset[str] = frozenset()
 
     def __init__(self, class_balance: bool = False) -> None:
         self.class_balance = class_balance

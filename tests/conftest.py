@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,3 +46,41 @@ def runs_of(uri: str, experiment: str = "winnow"):
 
     mlflow.set_tracking_uri(uri)
     return mlflow.search_runs(experiment_names=[experiment])
+
+
+def make_npz(path: Path, n_train: int = 50, n_test: int = 20, features: int = 8, classes: int = 3,
+             shift: float = 0.0, **override: np.ndarray) -> str:
+    """An .npz data set in `dataset=npz`'s layout (X_train, y_train, X_test, y_test), seeded; `override`
+    replaces or adds arrays (a malformed file), `shift` moves every feature (same shapes, other data)."""
+    gen = np.random.default_rng(0)
+    arrays = {"X_train": gen.normal(size=(n_train, features)) + shift, "y_train": gen.integers(0, classes, n_train),
+              "X_test": gen.normal(size=(n_test, features)) + shift, "y_test": gen.integers(0, classes, n_test),
+              **override}
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.fixture
+def write_npz(tmp_path: Path):
+    """`write_npz(name="data.npz", **make_npz_args) -> path`: an .npz data set in this test's folder."""
+    def write(name: str = "data.npz", **kwargs) -> str:
+        return make_npz(tmp_path / name, **kwargs)
+
+    return write
+
+
+@pytest.fixture
+def compose_cfg():
+    """`compose_cfg(*overrides) -> DictConfig`: conf/ composed as `python -m harness.run` would, no run."""
+    from hydra import compose, initialize_config_dir
+
+    from harness.config import register_schemas
+    from harness.preflight import CONF_DIR
+
+    register_schemas()
+
+    def compose_with(*overrides: str):
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=list(overrides))
+
+    return compose_with

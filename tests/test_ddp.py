@@ -12,7 +12,7 @@ from harness.data.sources import Digits
 from harness.preflight import CONF_DIR
 from harness.seeding import derive_seed
 from harness.train import train
-from harness.trial import build_model
+from harness.build import build_model
 from strategies import Selection
 from tests.conftest import run_cli, runs_of
 
@@ -21,7 +21,7 @@ RECIPE = ("dataset=digits", "model=mlp", "trainer.epochs=10")
 
 def one_worker_accuracy(seed: int, data, cfg) -> float:
     torch.manual_seed(derive_seed(seed, "init"))
-    model = build_model(cfg.model, data)
+    model = build_model(cfg.model, data.input_shape, data.num_classes)
     out = train(model, data, Selection(np.arange(len(data.y_train))), cfg.trainer, seed, torch.device("cpu"))
     return out.final_test_accuracy
 

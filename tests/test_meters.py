@@ -87,7 +87,7 @@ def test_rapl_energy_file_that_cannot_be_read_falls_back(tmp_path):
     (root / "intel-rapl:0" / "energy_uj").mkdir()  # reading a directory fails like an unreadable file
     source, note = open_cpu_source(12.0, root)
     assert source.label == "estimate" and "RAPL unavailable" in note
-    meter = Meter("cpu", powercap_root=root)
+    meter = Meter("cpu", watts_per_core=12.0, powercap_root=root)
     assert meter.tags()["energy_source_cpu"] == "estimate"
 
 
@@ -131,7 +131,7 @@ def _touch_mib(mib: int) -> np.ndarray:
 
 @pytest.mark.skipif(not meters.CLEAR_REFS.exists(), reason="needs Linux /proc")
 def test_each_stage_reports_its_own_peak_rss(tmp_path):
-    meter = Meter("cpu", powercap_root=tmp_path)
+    meter = Meter("cpu", watts_per_core=12.0, powercap_root=tmp_path)
     if meter.memory.note:
         pytest.skip(meter.memory.note)  # a kernel that refuses the reset: covered by the next test
     with meter.stage("big"):
@@ -148,7 +148,7 @@ def test_each_stage_reports_its_own_peak_rss(tmp_path):
 
 
 def test_a_refused_peak_reset_reports_the_process_peak_with_a_note(tmp_path):
-    meter = Meter("cpu", powercap_root=tmp_path, clear_refs=tmp_path / "missing" / "clear_refs")
+    meter = Meter("cpu", watts_per_core=12.0, powercap_root=tmp_path, clear_refs=tmp_path / "missing" / "clear_refs")
     with meter.stage("big"):
         block = _touch_mib(300)
         del block
@@ -266,7 +266,7 @@ def test_nvml_absent_gives_unavailable_and_nan(monkeypatch):
 def test_meter_samples_nvml_power_in_the_background(monkeypatch, tmp_path):
     nv = FakeNvml(UUIDS, energy_mj=None, power_mw=[100_000, 0, 0])  # a steady 100 W
     monkeypatch.setattr(meters, "open_gpu_source", lambda device: (NvmlEnergy(nv, [0]), 1, ""))
-    meter = Meter("cpu", poll_s=0.01, powercap_root=tmp_path)
+    meter = Meter("cpu", watts_per_core=12.0, poll_s=0.01, powercap_root=tmp_path)
     calls = []
     real = nv.nvmlDeviceGetPowerUsage
     monkeypatch.setattr(nv, "nvmlDeviceGetPowerUsage", lambda h: calls.append(h) or real(h))
@@ -297,7 +297,7 @@ def fit(**kw):
     torch.manual_seed(0)
     cfg = OmegaConf.merge(OmegaConf.structured(TrainerConfig), {"epochs": 1, "batch_size": 128, **kw})
     return train(MLP(data.input_shape, 10), data, Selection(np.arange(len(data.y_train))), cfg, 0,
-                 torch.device("cpu"), meter=Meter("cpu"))
+                 torch.device("cpu"), meter=Meter("cpu", watts_per_core=12.0))
 
 
 def test_time_to_accuracy_never_reached_is_nan_and_training_runs_to_budget():

@@ -1,7 +1,9 @@
 """Dataset sources, each built from its `_target_` in conf/dataset/*.yaml.
 
-Every source has `check()` (cheap: files exist, values sane; run before any compute) and
-`load(cache_dir)` returning a `Dataset`. Errors a user can cause raise `UserError` naming the key or file.
+Every source has `check()` (cheap: files exist, values sane; run before any compute), `prepare(cache_dir)`
+(one-time work such as generating the data into a cache; a sweep's driver runs it before the trials so no trial
+is charged for it) and `load(cache_dir)` returning a `Dataset`. Errors a user can cause raise `UserError` naming
+the key or file.
 """
 
 from __future__ import annotations
@@ -17,7 +19,21 @@ from harness.data.base import Dataset, atomic_save_npz, make_dataset
 from harness.errors import UserError
 
 
-class MNIST1D:
+class Source:
+    """The contract of a dataset source (see the module docstring); `prepare` does nothing by default."""
+
+    def check(self) -> None:
+        pass
+
+    def prepare(self, cache_dir: str | Path) -> bool:
+        """Do the one-time work `load` would otherwise do; True when there was work to do."""
+        return False
+
+    def load(self, cache_dir: str | Path) -> Dataset:
+        raise NotImplementedError
+
+
+class MNIST1D(Source):
     """MNIST-1D generated offline by the `mnist1d` package (Greydanus 2020), cached as .npz.
 
     Defaults are the paper's: 5,000 samples, 80/20 split (4,000 train / 1,000 test), data seed 42.
@@ -41,20 +57,29 @@ class MNIST1D:
         args.num_samples, args.train_split, args.seed = self.num_samples, self.train_split, self.data_seed
         return args
 
-    def load(self, cache_dir: str | Path) -> Dataset:
+    def _path(self, cache_dir: str | Path) -> Path:
         args = self._args()
         key_src = json.dumps({k: v for k, v in vars(args).items() if k != "url"}, sort_keys=True, default=str)
-        path = Path(cache_dir) / "mnist1d" / (hashlib.sha256(key_src.encode()).hexdigest()[:16] + ".npz")
-        if not path.exists():
-            from mnist1d.data import make_dataset as generate
+        return Path(cache_dir) / "mnist1d" / (hashlib.sha256(key_src.encode()).hexdigest()[:16] + ".npz")
 
-            d = generate(args)  # seeds numpy's global generator itself (args.seed)
-            atomic_save_npz(path, x=d["x"], y=d["y"], x_test=d["x_test"], y_test=d["y_test"])
-        with np.load(path) as z:
+    def prepare(self, cache_dir: str | Path) -> bool:
+        """Generate the data set into the cache (about 4 s for 5,000 samples, 30 s for 50,000)."""
+        path = self._path(cache_dir)
+        if path.exists():
+            return False
+        from mnist1d.data import make_dataset as generate
+
+        d = generate(self._args())  # seeds numpy's global generator itself (args.seed)
+        atomic_save_npz(path, x=d["x"], y=d["y"], x_test=d["x_test"], y_test=d["y_test"])
+        return True
+
+    def load(self, cache_dir: str | Path) -> Dataset:
+        self.prepare(cache_dir)
+        with np.load(self._path(cache_dir)) as z:
             return make_dataset("mnist1d", z["x"], z["y"], z["x_test"], z["y_test"], num_classes=10)
 
 
-class Digits:
+class Digits(Source):
     """scikit-learn's 8x8 handwritten digits (1,797 samples, shipped with the package), flattened to 64."""
 
     def __init__(self, test_fraction: float = 0.2, split_seed: int = 0) -> None:
@@ -76,7 +101,7 @@ class Digits:
         return make_dataset("digits", x[train], y[train], x[test], y[test], num_classes=10)
 
 
-class NPZ:
+class NPZ(Source):
     """A user's .npz file with arrays X_train, y_train, X_test, y_test."""
 
     KEYS = ("X_train", "y_train", "X_test", "y_test")
@@ -117,7 +142,7 @@ class NPZ:
         return make_dataset(self.name, *(arrays[k] for k in self.KEYS))
 
 
-class CIFAR:
+class CIFAR(Source):
     """CIFAR-10/100 in torchvision's on-disk format under `root`; never downloads (no network here)."""
 
     LAYOUT = {

@@ -8,15 +8,14 @@ failed_runs.csv, missing_seeds.csv, report.html and a PNG + SVG per figure into 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.errors import UserError
-from harness.tracking import DEFAULT_URI
+from harness.errors import UserError, exit_user_error
+from harness.tracking import tracking_uri as resolve_uri
 
 
-def build(experiment: str, tracking_uri: str = DEFAULT_URI, out_dir: str | Path | None = None,
+def build(experiment: str, tracking_uri: str | None = None, out_dir: str | Path | None = None,
           by: Sequence[str] = (), baseline: str = "full", reference: str = "random") -> dict[str, Path]:
     """Read, summarise, draw and write; returns the written files by kind (md, tex, csv, html)."""
     from harness.report.load import load_runs
@@ -25,6 +24,7 @@ def build(experiment: str, tracking_uri: str = DEFAULT_URI, out_dir: str | Path 
     from harness.report.summary import summarise
 
     out = Path(out_dir) if out_dir else Path("reports") / experiment
+    tracking_uri = resolve_uri(tracking_uri)  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     report = summarise(load_runs(tracking_uri, experiment, by), experiment, by, baseline, reference)
     if report.n_runs == 0:
         raise UserError(f"experiment={experiment}: has no runs in {tracking_uri}")
@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="winnow-report",
                                      description="Build a report of one experiment from its MLflow runs.")
     parser.add_argument("experiment", help="MLflow experiment name (tracking.experiment of the trials)")
-    parser.add_argument("--tracking-uri", default=DEFAULT_URI, help=f"MLflow tracking URI (default {DEFAULT_URI})")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     parser.add_argument("--out", default=None, help="output directory (default reports/EXPERIMENT/)")
     parser.add_argument("--by", nargs="+", default=[], metavar="PARAM",
                         help="config keys that split the tables besides dataset and model "
@@ -51,8 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         paths = build(args.experiment, args.tracking_uri, args.out, args.by, args.baseline, args.reference)
     except UserError as e:
-        print(f"winnow-report: error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        exit_user_error("winnow-report", e)
     print(paths["md"].read_text().split("\n## Method")[0])  # the tables, as in report.md
     print(f"wrote {paths['md'].parent}/ ({', '.join(sorted(p.name for p in paths.values()))})")
 

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from harness.report.stats import pareto_mask  # noqa: E402
-from harness.report.summary import Report  # noqa: E402
+from harness.report.summary import Report, panel_title  # noqa: E402
 
 # Costs an accuracy-vs-cost figure is drawn for, when the runs logged them.
 COST_AXES = {"total_s": "total time incl. selection (s)", "total_energy_j": "total energy (J)",
@@ -108,8 +108,6 @@ def accuracy_by_strategy(s: pd.DataFrame, out_dir: Path, panel: str, colors: dic
 
 
 def draw_all(report: Report, out_dir: Path) -> list[Figure]:
-    from harness.report.render import panel_title  # render imports this module for Figure
-
     summary, figures = report.summary, []
     # one colour per strategy across every figure of the report
     colors = {name: f"C{i % 10}" for i, name in enumerate(sorted(summary["strategy"].unique()))}

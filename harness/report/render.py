@@ -12,7 +12,7 @@ import pandas as pd
 
 from harness.report.plots import Figure
 from harness.report.stats import ALPHA, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
-from harness.report.summary import BASELINE, REFERENCE, Report
+from harness.report.summary import BASELINE, REFERENCE, Report, panel_title
 
 NA = "n/a"
 
@@ -103,12 +103,6 @@ def display_table(s: pd.DataFrame, baseline: str = BASELINE, reference: str = RE
     table = pd.DataFrame(rows)
     empty = [h for _, h, _ in OPTIONAL if h in table and (table[h] == NA).all()]
     return table.drop(columns=empty)
-
-
-def panel_title(panel: tuple[str, ...], values: tuple) -> str:
-    """`mnist1d / cnn1d` or, with `by` params, `mnist1d / cnn1d / corruption.label_noise=0.2 / trainer.epochs=15`."""
-    return " / ".join([str(v) for v in values[:2]] + [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                                                      for k, v in zip(panel[2:], values[2:])])
 
 
 def _tables(report: Report) -> list[tuple[str, pd.DataFrame]]:

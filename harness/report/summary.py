@@ -160,3 +160,9 @@ def _missing_seeds(runs: pd.DataFrame, finished: pd.DataFrame, keys: list[str]) 
             rows.append({**dict(zip(keys, k)), "n": len(seeds), "expected_n": most,
                          "missing_seeds": " ".join(str(x) for x in sorted(expected - seeds))})
     return pd.DataFrame(rows, columns=cols)
+
+
+def panel_title(panel: tuple[str, ...], values: tuple) -> str:
+    """`mnist1d / cnn1d` or, with `by` params, `mnist1d / cnn1d / corruption.label_noise=0.2 / trainer.epochs=15`."""
+    return " / ".join([str(v) for v in values[:2]] + [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                                      for k, v in zip(panel[2:], values[2:])])

@@ -8,10 +8,13 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from harness.build import build_model
 from harness.data import Dataset
 from harness.errors import UserError
+from harness.flops import step_flops
 from harness.seeding import derive_seed
 from harness.signals import scores
+from harness.train import train
 from strategies import Selection
 
 
@@ -37,9 +40,6 @@ def run_probe(cfg: DictConfig, data: Dataset, device: torch.device) -> dict[str,
     end: softmax (uncertainty) and, from run 0, the penultimate embeddings. Run r has its own init and data
     order, derived from the trial's seed.
     """
-    from harness.flops import step_flops
-    from harness.train import train
-    from harness.trial import build_model  # here, not at import: trial imports this package
 
     probe = cfg.probe
     model_cfg = probe.model if probe.model is not None else cfg.model
@@ -57,7 +57,7 @@ def run_probe(cfg: DictConfig, data: Dataset, device: torch.device) -> dict[str,
 
     for r in range(probe.runs):
         torch.manual_seed(derive_seed(cfg.seed, f"probe_init/{r}"))
-        model = build_model(model_cfg, data)
+        model = build_model(model_cfg, data.input_shape, data.num_classes)
         if not isinstance(getattr(model, "head", None), nn.Linear):
             raise UserError(f"probe.model={model_cfg._target_}: expected a model with a linear `head` (its input "
                             "is the embedding; GraNd is taken over it)")

@@ -1,0 +1,120 @@
+"""Compute the signals a strategy needs: from the data, or from the probe through its on-disk cache.
+
+Probe signals are cached under `cfg.cache_dir/signals/`, content-addressed by (dataset fingerprint, probe config,
+trainer recipe, seed) and written atomically, so a sweep over strategies and fractions trains the probe once per
+seed. What the probe cost travels with the cache (`<key>.cost.json`), and `ProbeRecord.charge` books it on every
+run that uses it: a cache hit never makes a strategy look cheaper than it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from harness.data import Dataset, atomic_save_npz
+from harness.signals import DATA_SIGNALS, PROBE_SIGNALS
+
+if TYPE_CHECKING:
+    import torch
+
+    from harness.meters import Meter
+
+CACHE_VERSION = 2  # bump when the probe's computation changes, so old caches are not read
+
+
+@dataclass(frozen=True)
+class ProbeRecord:
+    """The probe behind a trial's signals: trained by this call or read from the cache."""
+
+    cache_hit: bool
+    cache_path: Path
+    test_accuracy: float
+    train_s: float  # what training the probe cost when it was computed (also on a cache hit)
+    flops: float | None  # caches written before FLOPs were counted lack them
+
+    def metrics(self) -> dict[str, float]:
+        out = {"cache_hit": float(self.cache_hit), "probe_test_accuracy": self.test_accuracy,
+               "probe_train_s": self.train_s}
+        if self.flops is not None:
+            out["probe_flops"] = self.flops
+        return out
+
+    @property
+    def cost_path(self) -> Path:
+        return self.cache_path.with_suffix(".cost.json")
+
+    def charge(self, meter: Meter) -> None:
+        """Never hide the probe's cost. The run that trained it records its time and energy (meter stage `probe`)
+        beside the cache entry; a run that reads the cache is charged them as stage `probe_cached`, so
+        `total_s`/`total_energy_j` are what the strategy costs on its own."""
+        if not self.cache_hit:
+            tmp = self.cost_path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"probe_s": meter.seconds.get("probe", 0.0),
+                                       "probe_energy_j": meter.stage_energy_j("probe")}))
+            os.replace(tmp, self.cost_path)  # atomic: concurrent trials never read half a file
+        elif self.cost_path.exists():
+            cost = json.loads(self.cost_path.read_text())
+            meter.charge("probe_cached", cost["probe_s"], cost["probe_energy_j"])
+        else:  # a cache written before costs were recorded beside it: its training time is all that is known
+            meter.charge("probe_cached", self.train_s, {})
+
+
+def probe_key(cfg: DictConfig, data: Dataset) -> str:
+    """Names the probe's result by everything it depends on (not by output paths or the device)."""
+    probe = OmegaConf.to_container(cfg.probe, resolve=True)
+    if probe["model"] is None:
+        probe["model"] = OmegaConf.to_container(cfg.model, resolve=True)
+    probe.pop("projection_dim", None)  # not a probe input
+    t = cfg.trainer
+    recipe = {"optimizer": OmegaConf.to_container(t.optimizer, resolve=True),
+              "scheduler": OmegaConf.to_container(t.scheduler, resolve=True) if t.scheduler else None,
+              "batch_size": t.batch_size}
+    ident = {"v": CACHE_VERSION, "data": data.fingerprint, "probe": probe, "trainer": recipe, "seed": cfg.seed}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def data_signal(name: str, data: Dataset, seed: int, projection_dim: int) -> np.ndarray:
+    from harness.seeding import numpy_rng  # imports torch: kept out of the preflight's imports
+    from strategies.base import l2_normalise
+
+    if name == "inputs":
+        return data.x_train
+    raw = l2_normalise(data.x_train)
+    if name == "raw":
+        return raw
+    proj = numpy_rng(seed, "projection").standard_normal((raw.shape[1], projection_dim), dtype=np.float32)
+    return l2_normalise(raw @ proj)
+
+
+def compute_signals(needs: frozenset[str], cfg: DictConfig, data: Dataset,
+                    device: torch.device) -> tuple[dict[str, np.ndarray], ProbeRecord | None]:
+    """The signals in `needs`, and the probe behind them (None when none was needed)."""
+    out: dict[str, np.ndarray] = {}
+    for name in sorted(needs & set(DATA_SIGNALS)):
+        out[name] = data_signal(name, data, cfg.seed, cfg.probe.projection_dim)
+    if not needs & set(PROBE_SIGNALS):
+        return out, None
+    path = Path(cfg.cache_dir) / "signals" / f"{probe_key(cfg, data)}.npz"
+    hit = path.exists()
+    if hit:
+        with np.load(path) as f:
+            probe = {k: f[k] for k in f.files}
+    else:
+        from harness.signals.probe import run_probe
+
+        start = time.perf_counter()
+        probe = run_probe(cfg, data, device)
+        probe["probe_train_s"] = np.array(time.perf_counter() - start)
+        atomic_save_npz(path, **probe)
+    record = ProbeRecord(hit, path, float(probe["probe_test_accuracy"]), float(probe["probe_train_s"]),
+                         float(probe["probe_flops"]) if "probe_flops" in probe else None)
+    out.update({k: probe[k] for k in needs & set(PROBE_SIGNALS)})
+    return out, record
