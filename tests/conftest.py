@@ -33,10 +33,12 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(tmp_path_factory.mktemp("cache"))
 
 
-def run_cli(*overrides: str, cwd: Path | None = None, timeout: float = 300) -> CliResult:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "harness.run", *overrides], cwd=cwd or REPO,
-                          capture_output=True, text=True, timeout=timeout, env=env)
+def run_cli(*overrides: str, cwd: Path | None = None, timeout: float = 300, module: str = "harness.run",
+            env: dict[str, str] | None = None) -> CliResult:
+    """`python -m <module> <overrides>` in a subprocess (the real entry point), `env` added to this environment."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", module, *overrides], cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=timeout, env=full_env)
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 

@@ -7,12 +7,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
+from harness.build import build_model
 from harness.config import register_schemas
 from harness.data.sources import Digits
 from harness.preflight import CONF_DIR
 from harness.seeding import derive_seed
 from harness.train import train
-from harness.build import build_model
 from strategies import Selection
 from tests.conftest import run_cli, runs_of
 

@@ -97,6 +97,18 @@ def busy(seconds: float) -> None:
         pass
 
 
+def test_estimate_resolves_a_few_milliseconds_of_cpu(tmp_path):
+    # os.times counts 10 ms ticks: a 3 ms stage came out 0 J or a whole tick's 0.1 J at 10 W
+    meter = Meter("cpu", watts_per_core=10.0, powercap_root=tmp_path)
+    for i in range(5):
+        cpu0 = time.process_time()
+        with meter.stage(f"short{i}"):
+            busy(0.003)
+        cpu_s = time.process_time() - cpu0
+        energy_j = meter.totals()[f"short{i}_energy_j"]
+        assert 10.0 * 0.003 <= energy_j <= 10.0 * cpu_s + 1e-9
+
+
 def test_estimate_is_watts_per_core_times_cpu_seconds_and_stages_add_up(tmp_path):
     meter = Meter("cpu", watts_per_core=10.0, powercap_root=tmp_path)  # no RAPL here
     cpu0 = time.process_time()
