@@ -121,7 +121,7 @@ def train_ddp(model: nn.Module, data: Dataset, selection: Selection, cfg: DictCo
 
     started = False
     if not ray.is_initialized():  # run alone: a local instance for this trial's workers
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         started = True
     resources = ddp_worker_resources()
     if resources is None:

@@ -218,7 +218,9 @@ def _connect(params: DictConfig) -> bool:
     if params.address:
         ray.init(address=params.address, **kwargs)
         return True
-    local = {"include_dashboard": False, **OmegaConf.to_container(params.init, resolve=True)}
+    # address="local": always a new instance; a bare ray.init() would join any instance already running on this
+    # machine (another sweep's, a test's), with its resources and its environment.
+    local = {"address": "local", "include_dashboard": False, **OmegaConf.to_container(params.init, resolve=True)}
     ray.init(**local, **kwargs)
     return True
 

@@ -18,6 +18,8 @@ import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from harness.errors import one_line
+
 DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow 3's own default, in the working directory
 URI_ENV = "MLFLOW_TRACKING_URI"  # what every MLflow user sets on a cluster; honoured wherever no URI is given
 _BATCH = 900  # MLflow accepts at most 1,000 metrics per log_batch call
@@ -95,7 +97,7 @@ def trial_run(uri: str | None, experiment: str, run_name: str, tags: Mapping[str
     try:
         yield trial
     except BaseException as e:
-        error = f"{type(e).__name__}: {e}".splitlines()[0][:5000] if str(e) else type(e).__name__
+        error = one_line(e)[:5000]
         try:
             trial.tags({"error": error, "error_type": type(e).__name__})
             trial.artifact_text("error.txt", traceback.format_exc())

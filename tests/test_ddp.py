@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
@@ -15,6 +16,9 @@ from harness.seeding import derive_seed
 from harness.train import train
 from strategies import Selection
 from tests.conftest import run_cli, runs_of
+
+pytestmark = pytest.mark.slow  # every test here trains in subprocesses or on Ray (tens of seconds)
+
 
 RECIPE = ("dataset=digits", "model=mlp", "trainer.epochs=10")
 

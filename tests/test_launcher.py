@@ -60,6 +60,7 @@ def wait_for_running_run(store: str, timeout: float = 120):
     raise AssertionError("no trial started training in time")
 
 
+@pytest.mark.slow
 def test_missing_file_fails_its_trials_only_and_a_rerun_runs_only_those(ray_address, store, cache_dir, tmp_path):
     good = make_npz(tmp_path / "a.npz")
     missing = str(tmp_path / "missing.npz")
@@ -90,6 +91,7 @@ def test_missing_file_fails_its_trials_only_and_a_rerun_runs_only_those(ray_addr
     assert len(runs_of(store)) == 10
 
 
+@pytest.mark.slow
 def test_a_sweeps_runs_reproduce_and_no_trial_is_charged_the_datasets_generation(ray_address, store, tmp_path):
     # MNIST-1D generated into a fresh cache: the driver prepares it before the trials. Ray trials run with one torch
     # thread (num_cpus=1), the reproductions in a process that has two by default: the recorded count is replayed.
@@ -116,6 +118,7 @@ def test_a_sweeps_runs_reproduce_and_no_trial_is_charged_the_datasets_generation
     assert rep_el2n["metrics.cache_hit"] == 1  # shown, not compared
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_retried_and_the_trial_finishes_once(ray_address, store, cache_dir, tmp_path):
     proc = popen_sweep(tmp_path, *TINY, "trainer.epochs=300", "seed=0", f"tracking.uri={store}",
                        f"cache_dir={cache_dir}", f"hydra.launcher.address={ray_address}",
@@ -132,6 +135,7 @@ def test_a_killed_worker_is_retried_and_the_trial_finishes_once(ray_address, sto
     assert "1 trials: 1 finished, 0 failed" in (tmp_path / "out.txt").read_text()
 
 
+@pytest.mark.slow
 def test_ctrl_c_cancels_the_sweep_and_leaves_no_run_running(ray_address, store, cache_dir, tmp_path):
     # Trials far longer than the test waits: they are cancelled a moment after the first one starts training.
     proc = popen_sweep(tmp_path, *TINY, "trainer.epochs=5000", "seed=0,1,2", f"tracking.uri={store}",
@@ -147,6 +151,7 @@ def test_ctrl_c_cancels_the_sweep_and_leaves_no_run_running(ray_address, store, 
     assert "3 trials: 0 finished, 0 failed, 0 skipped (already FINISHED), 3 cancelled" in out, out
 
 
+@pytest.mark.slow
 def test_eight_trials_logging_at_once_to_a_fresh_sqlite_store_lose_nothing(store, cache_dir, tmp_path):
     # The default: a local Ray instance started by the launcher; 2 CPUs / 0.25 per trial = eight at once.
     res = sweep(*TINY, "trainer.epochs=3", "seed=range(8)", "hydra.launcher.num_cpus=0.25",

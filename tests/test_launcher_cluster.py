@@ -12,6 +12,8 @@ import pytest
 from tests.conftest import runs_of
 from tests.test_launcher import TINY, sweep
 
+pytestmark = pytest.mark.slow  # every test here trains in subprocesses or on Ray (tens of seconds)
+
 
 @pytest.fixture(scope="module")
 def two_gpu_nodes():

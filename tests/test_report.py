@@ -232,6 +232,7 @@ def test_all_output_files_are_written(store, tmp_path):
     assert "CUDA out of memory" in page
 
 
+@pytest.mark.slow
 def test_cli_prints_the_table_and_rejects_an_unknown_experiment(store, tmp_path):
     res = subprocess.run([sys.executable, "-m", "harness.report", EXPERIMENT, "--tracking-uri", store,
                           "--out", str(tmp_path / "r")], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -20,6 +20,7 @@ def reproduce_cli(run_id: str, store: str, cwd=REPO) -> subprocess.CompletedProc
                           capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
+@pytest.mark.slow
 def test_a_finished_cpu_run_reproduces(store, cache_dir):
     res = run_cli("dataset=digits", "model=mlp", "trainer.epochs=2", "strategy=random", "strategy.fraction=0.5",
                   "seed=3", f"tracking.uri={store}", f"cache_dir={cache_dir}")
@@ -46,6 +47,7 @@ def write_npz(path, shift: float = 0.0) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_changed_data_is_reported_with_a_non_zero_exit(store, tmp_path):
     path = write_npz(tmp_path / "data.npz")
     res = run_cli("dataset=npz", f"dataset.path={path}", "model=mlp", "trainer.epochs=2", f"tracking.uri={store}",

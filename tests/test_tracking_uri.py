@@ -3,7 +3,11 @@ the report and by reproduce, with no --tracking-uri; nothing is written to the d
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import run_cli, runs_of
+
+pytestmark = pytest.mark.slow  # every test here trains in subprocesses or on Ray (tens of seconds)
 
 
 def test_the_environments_store_is_used_by_run_report_and_reproduce(tmp_path, cache_dir):
