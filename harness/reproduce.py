@@ -29,6 +29,7 @@ from harness.errors import UserError, exit_user_error, first_line
 from harness.tracking import flatten, tracking_uri
 
 EXIT_OK, EXIT_DIFFERS, EXIT_USER, EXIT_DATA_CHANGED = 0, 1, 2, 3
+NUMERICS_TAGS = ("device", "torch_threads", "amp_dtype", "deterministic")  # harness/numerics.py
 # Circumstances, not results: measurements of cost vary run to run, and whether the signal cache was warm says
 # where the signals came from, not what they are (their content is compared through the selected indices).
 # Shown, never compared.
@@ -155,10 +156,12 @@ def compare(client, original, new, error: str | None = None) -> Comparison:
     a_fp, b_fp = a_tags.get("dataset_fingerprint"), b_tags.get("dataset_fingerprint")
     c.fingerprints = (a_fp, b_fp)
     c.data_changed = bool(a_fp and b_fp and a_fp != b_fp)
-    for tag in ("dataset_fingerprint", "config_hash", "selected_indices_sha256", "device", "torch_threads",
-                "amp_dtype", "deterministic"):
+    for tag in ("dataset_fingerprint", "config_hash", "selected_indices_sha256"):
         a, b = a_tags.get(tag), b_tags.get(tag)
         _record(c, tag, a == b and a is not None, f"{a} -> {b}" if a != b else f"{a}")
+    for tag in NUMERICS_TAGS:  # replayed, so equal unless the re-run could not honour them
+        a, b = a_tags.get(tag), b_tags.get(tag)
+        _record(c, tag, a == b, f"{a} -> {b}" if a != b else f"{a}")
     if error:
         return c
     b_metrics = new.data.metrics

@@ -1,38 +1,29 @@
-from hydra import compose, initialize_config_dir
-
-from harness.config import config_hash, effective_fraction, register_schemas
-from harness.preflight import CONF_DIR
+from harness.config import config_hash, effective_fraction
 
 
-def composed(*overrides: str):
-    register_schemas()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
-
-
-def test_full_is_one_trial_whatever_fraction_a_sweep_gives_it():
-    a, b = composed("strategy=full"), composed("strategy=full", "strategy.fraction=0.3")
+def test_full_is_one_trial_whatever_fraction_a_sweep_gives_it(compose_cfg):
+    a, b = compose_cfg("strategy=full"), compose_cfg("strategy=full", "strategy.fraction=0.3")
     assert effective_fraction(b) == 1.0
     assert config_hash(a) == config_hash(b)
 
 
-def test_identity_ignores_where_results_go_but_not_what_is_trained():
-    base = config_hash(composed("strategy=random"))
-    assert config_hash(composed("strategy=random", "tracking.experiment=other", "cache_dir=/tmp/x")) == base
-    assert config_hash(composed("strategy=random", "strategy.fraction=0.3")) != base
-    assert config_hash(composed("strategy=random", "seed=1")) != base
+def test_identity_ignores_where_results_go_but_not_what_is_trained(compose_cfg):
+    base = config_hash(compose_cfg("strategy=random"))
+    assert config_hash(compose_cfg("strategy=random", "tracking.experiment=other", "cache_dir=/tmp/x")) == base
+    assert config_hash(compose_cfg("strategy=random", "strategy.fraction=0.3")) != base
+    assert config_hash(compose_cfg("strategy=random", "seed=1")) != base
 
 
-def test_curriculum_runs_are_named_by_ordering_and_pacing():
-    assert composed("strategy=curriculum").strategy.name == "curriculum-linear"
-    anti = composed("strategy=curriculum", "strategy.ordering=anti", "strategy.pacing=step")
+def test_curriculum_runs_are_named_by_ordering_and_pacing(compose_cfg):
+    assert compose_cfg("strategy=curriculum").strategy.name == "curriculum-linear"
+    anti = compose_cfg("strategy=curriculum", "strategy.ordering=anti", "strategy.pacing=step")
     assert anti.strategy.name == "anti-step"
-    assert composed("strategy=curriculum", "strategy.ordering=standard").strategy.name == "standard"
+    assert compose_cfg("strategy=curriculum", "strategy.ordering=standard").strategy.name == "standard"
 
 
-def test_a_sweep_of_orderings_by_pacings_runs_standard_once():
+def test_a_sweep_of_orderings_by_pacings_runs_standard_once(compose_cfg):
     def h(*o: str) -> str:
-        return config_hash(composed("strategy=curriculum", *o))
+        return config_hash(compose_cfg("strategy=curriculum", *o))
 
     # standard training ignores order and pacing; a random curriculum ignores the difficulty signal
     assert h("strategy.ordering=standard") == h("strategy.ordering=standard", "strategy.pacing=step", "strategy.a=0.5")

@@ -29,17 +29,8 @@ def test_fingerprint_changes_with_one_value():
     assert fingerprint(x) == fingerprint(x.copy())
 
 
-def write_npz(path: Path, n_train=20, n_test=10, **override):
-    rng = np.random.default_rng(0)
-    arrays = {"X_train": rng.normal(size=(n_train, 5)), "y_train": rng.integers(0, 3, n_train),
-              "X_test": rng.normal(size=(n_test, 5)), "y_test": rng.integers(0, 3, n_test)}
-    arrays.update(override)
-    np.savez(path, **arrays)
-    return path
-
-
-def test_npz_loads_user_arrays(tmp_path):
-    d = NPZ(str(write_npz(tmp_path / "d.npz"))).load(tmp_path)
+def test_npz_loads_user_arrays(tmp_path, write_npz):
+    d = NPZ(write_npz(n_train=20, n_test=10, features=5)).load(tmp_path)
     assert d.x_train.shape == (20, 5) and d.num_classes <= 3 and len(d.y_test) == 10
 
 
@@ -51,8 +42,8 @@ def test_npz_loads_user_arrays(tmp_path):
         ({"y_train": np.full(20, -1)}, "non-negative integer"),
     ],
 )
-def test_npz_bad_content_names_file_and_problem(tmp_path, override, message):
-    path = write_npz(tmp_path / "bad.npz", **override)
+def test_npz_bad_content_names_file_and_problem(tmp_path, write_npz, override, message):
+    path = write_npz("bad.npz", n_train=20, n_test=10, features=5, **override)
     with pytest.raises(UserError, match=message) as e:
         NPZ(str(path)).load(tmp_path)
     assert str(path) in str(e.value)

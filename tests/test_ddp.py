@@ -5,13 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 from harness.build import build_model
-from harness.config import register_schemas
 from harness.data.sources import Digits
-from harness.preflight import CONF_DIR
 from harness.seeding import derive_seed
 from harness.train import train
 from strategies import Selection
@@ -30,15 +27,13 @@ def one_worker_accuracy(seed: int, data, cfg) -> float:
     return out.final_test_accuracy
 
 
-def test_two_gloo_workers_reach_one_workers_accuracy_within_the_seed_spread(store, cache_dir):
+def test_two_gloo_workers_reach_one_workers_accuracy_within_the_seed_spread(store, cache_dir, compose_cfg):
     res = run_cli(*RECIPE, "trainer.workers=2", "seed=0", f"tracking.uri={store}", f"cache_dir={cache_dir}")
     assert res.returncode == 0, res.stderr
     run = runs_of(store).iloc[0]
     assert run["status"] == "FINISHED" and run["params.trainer.workers"] == "2"
 
-    register_schemas()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=list(RECIPE))
+    cfg = compose_cfg(*RECIPE)
     data = Digits().load(cache_dir)
     single = [one_worker_accuracy(s, data, cfg) for s in range(4)]
     spread = max(single) - min(single)

@@ -8,18 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch import nn
 
 from harness import meters
-from harness.config import TrainerConfig, register_schemas, validate
+from harness.config import TrainerConfig, validate
 from harness.data.sources import Digits
 from harness.errors import UserError
 from harness.flops import step_flops
 from harness.meters import Meter, NvmlEnergy, RaplReader, cost_figures, nvml_handles, open_cpu_source
 from harness.models import MLP
-from harness.preflight import CONF_DIR
 from harness.train import train
 from strategies import Selection
 from tests.conftest import run_cli, runs_of
@@ -322,10 +320,8 @@ def test_time_to_accuracy_never_reached_is_nan_and_training_runs_to_budget():
     (["trainer.target_accuracy=1.5"], "trainer.target_accuracy=1.5: expected a number in (0, 1]"),
     (["cost.watts_per_core=-3"], "cost.watts_per_core=-3.0: expected a positive number or null"),
 ])
-def test_bad_cost_and_target_values_are_refused(overrides, message):
-    register_schemas()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["dataset=digits", *overrides])
+def test_bad_cost_and_target_values_are_refused(overrides, message, compose_cfg):
+    cfg = compose_cfg("dataset=digits", *overrides)
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         validate(cfg, check_files=False)
 

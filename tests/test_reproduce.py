@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
@@ -40,21 +39,14 @@ def test_a_finished_cpu_run_reproduces(store, cache_dir):
     assert f"ok    test_accuracy              {original['metrics.test_accuracy']:.10g}" in rep.stdout
 
 
-def write_npz(path, shift: float = 0.0) -> str:
-    gen = np.random.default_rng(0)
-    np.savez(path, X_train=gen.normal(size=(60, 8)) + shift, y_train=gen.integers(0, 3, 60),
-             X_test=gen.normal(size=(20, 8)) + shift, y_test=gen.integers(0, 3, 20))
-    return str(path)
-
-
 @pytest.mark.slow
-def test_changed_data_is_reported_with_a_non_zero_exit(store, tmp_path):
-    path = write_npz(tmp_path / "data.npz")
+def test_changed_data_is_reported_with_a_non_zero_exit(store, tmp_path, write_npz):
+    path = write_npz(n_train=60)
     res = run_cli("dataset=npz", f"dataset.path={path}", "model=mlp", "trainer.epochs=2", f"tracking.uri={store}",
                   f"cache_dir={tmp_path / 'cache'}")
     assert res.returncode == 0, res.stderr
     original = runs_of(store).iloc[0]
-    write_npz(path, shift=0.5)  # same shapes and labels, different values
+    write_npz(n_train=60, shift=0.5)  # same shapes and labels, different values
 
     rep = reproduce_cli(original.run_id, store)
     assert rep.returncode == EXIT_DATA_CHANGED, rep.stdout + rep.stderr
@@ -65,8 +57,10 @@ def test_changed_data_is_reported_with_a_non_zero_exit(store, tmp_path):
         f"the data differs from what run {original.run_id} trained on")
 
 
-def _synthetic_run(client: MlflowClient, exp: str, device: str, metrics: dict, fingerprint: str = "fp1"):
-    tags = {"device": device, "dataset_fingerprint": fingerprint, "config_hash": "c1", "selected_indices_sha256": "i1"}
+def _synthetic_run(client: MlflowClient, exp: str, device: str, metrics: dict, fingerprint: str = "fp1",
+                   threads: str = "2"):
+    tags = {"device": device, "dataset_fingerprint": fingerprint, "config_hash": "c1", "selected_indices_sha256": "i1",
+            "torch_threads": threads}
     rid = client.create_run(exp).info.run_id
     client.log_batch(rid, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
                      tags=[RunTag(k, v) for k, v in tags.items()])
@@ -112,3 +106,13 @@ def test_unknown_run_is_one_line_and_exit_2(store, capsys):
     assert exc.value.code == EXIT_USER
     assert capsys.readouterr().err.strip().splitlines() == [
         f"winnow-reproduce: error: run 0123456789abcdef: not found in {store}"]
+
+
+def test_compare_flags_other_numerics_and_ignores_circumstances(store):
+    client = MlflowClient(store)
+    exp = client.create_experiment("cmp")
+    a = _synthetic_run(client, exp, "cpu", {**BASE, "cache_hit": 0.0})
+    warm = compare(client, a, _synthetic_run(client, exp, "cpu", {**BASE, "cache_hit": 1.0}))
+    assert warm.exit_code == EXIT_OK and any("cache_hit" in line and "not compared" in line for line in warm.lines)
+    other = compare(client, a, _synthetic_run(client, exp, "cpu", {**BASE, "cache_hit": 0.0}, threads="1"))
+    assert other.exit_code == EXIT_DIFFERS and other.differences == ["torch_threads"]
