@@ -7,6 +7,7 @@ no torch at module level: the preflight builds the strategy with it before any c
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,67 @@ def build_model(model_cfg: DictConfig, input_shape: tuple[int, ...], num_classes
     if "num_classes" in accepted and "num_classes" not in args:
         extra["num_classes"] = num_classes
     return instantiate(args, **extra)
+
+
+def build_optimizer(trainer_cfg: DictConfig, params: Any) -> torch.optim.Optimizer:
+    """`trainer.optimizer` (a partial taking the parameters) over `params`."""
+    return instantiate(trainer_cfg.optimizer)(params)
+
+
+def build_scheduler(trainer_cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
+    """`trainer.scheduler` (a partial taking the optimizer and `total_steps`), or None when none is configured."""
+    if trainer_cfg.scheduler is None:
+        return None
+    return instantiate(trainer_cfg.scheduler)(optimizer, total_steps=total_steps)
+
+
+# Model configs already checked against a sample shape in this process: the trial repeats the preflight's checks.
+_FITTED: set[str] = set()
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return str(tuple(shape))
+
+
+def check_model_fits(model_cfg: DictConfig, key: str, dataset: str, sample_shape: tuple[int, ...],
+                     num_classes: int | None) -> None:
+    """Build the model on the CPU and run one forward of a zeros batch of 2 samples, so a model that cannot take the
+    dataset's samples stops with one line before any compute, not with torch's traceback minutes in.
+
+    `key` names the model's config key (model, probe.model), `dataset` the dataset; `num_classes` None: unknown,
+    the output's width is not checked. Raises UserError.
+    """
+    import torch
+
+    memo = json.dumps([OmegaConf.to_container(model_cfg, resolve=True), list(sample_shape), num_classes],
+                      sort_keys=True, default=str)
+    if memo in _FITTED:
+        return
+    label = f"{key}={model_cfg.get('name', model_cfg._target_)}"
+    # The trial seeds its own initialisation, but nothing here may move the global random stream it draws from.
+    with torch.random.fork_rng(devices=[]):
+        try:
+            model = build_model(model_cfg, sample_shape, num_classes or 2)
+        except Exception as e:
+            raise UserError(f"{key}: cannot build {model_cfg._target_} for samples of shape {_shape(sample_shape)} "
+                            f"({first_line(e.__cause__ or e)})") from None
+        if not isinstance(model, torch.nn.Module):
+            raise UserError(f"{key}._target_={model_cfg._target_}: expected a torch.nn.Module, got "
+                            f"{type(model).__name__}")
+        try:
+            with torch.no_grad():
+                out = model.eval()(torch.zeros((2, *sample_shape)))
+        except Exception as e:
+            raise UserError(f"{label} does not fit dataset={dataset}: the model expects another input than samples "
+                            f"of shape {_shape(sample_shape)} ({first_line(e)})") from None
+    if not isinstance(out, torch.Tensor) or out.ndim < 1 or out.shape[0] != 2:
+        what = f"shape {_shape(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        raise UserError(f"{label} returns {what} for a batch of 2 samples of dataset={dataset}; expected one row "
+                        "of class scores per sample")
+    if num_classes is not None and tuple(out.shape[1:]) != (num_classes,):
+        per_sample = f"{out.shape[1]} values" if out.ndim == 2 else f"shape {_shape(out.shape[1:])}"
+        raise UserError(f"{label} outputs {per_sample} per sample; dataset={dataset} has {num_classes} classes")
+    _FITTED.add(memo)
 
 
 def _build_one(node: DictConfig, key: str) -> Stage:

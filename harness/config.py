@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,8 +16,9 @@ from hydra.core.config_store import ConfigStore
 from hydra.utils import get_method
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from harness.build import build_dataset, build_strategy
-from harness.errors import UserError
+from harness.build import build_dataset, build_optimizer, build_scheduler, build_strategy, check_model_fits
+from harness.errors import UserError, first_line
+from harness.signals import PROBE_SIGNALS
 from strategies.curriculum import curriculum_label
 from strategies.pipeline import Pipeline
 
@@ -158,16 +160,96 @@ def _positive_int(key: str, value: Any) -> None:
         raise UserError(f"{key}={value}: expected a positive integer")
 
 
-def validate(cfg: DictConfig, check_files: bool = True) -> Pipeline:
-    """Semantic checks on a composed config; cheap, no data is read beyond file existence.
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _check_device(device: str) -> None:
+    """The CUDA device named exists on this machine (torch would fail on its first tensor, after the run started)."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError(f"trainer.device={device}: no CUDA device on this machine; expected auto or cpu")
+    index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
+    if index >= count:
+        raise UserError(f"trainer.device={device}: this machine has {count} CUDA device{'s' * (count > 1)}; "
+                        f"expected cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}, cuda or auto")
+
+
+# torch.optim names a bad argument in words ("Invalid learning rate: -1", "Invalid weight_decay value: -1"): the
+# config key each phrase means, and what the key accepts; any other "Invalid <key> value" takes a number >= 0.
+_TORCH_OPTIM_WORDS = {"learning rate": "lr", "epsilon": "eps", "beta parameter": "betas", "eta values": "etas"}
+_OPTIM_EXPECTED = {"betas": "two numbers in [0, 1)", "rho": "a number in [0, 1]",
+                   "etas": "(etaminus, etaplus) with 0 < etaminus < 1 < etaplus"}
+# Numeric arguments of torch's optimizers: a string there gives torch's TypeError about `<=`, not naming the key.
+_OPTIM_NUMBERS = ("lr", "eps", "weight_decay", "momentum", "dampening", "alpha", "lr_decay", "rho", "momentum_decay")
+
+
+def _optimizer_error(opt: DictConfig, e: Exception) -> str:
+    text = first_line(e.__cause__ or e)
+    key = next((k for words, k in _TORCH_OPTIM_WORDS.items() if words in text), None)
+    if key is None and (m := re.search(r"Invalid (\w+) value", text)):
+        key = m.group(1)
+    if key is not None and key in opt:
+        expected = _OPTIM_EXPECTED.get(key, "a number >= 0")
+        return f"trainer.optimizer.{key}={opt[key]}: expected {expected} (torch: {text})"
+    return f"trainer.optimizer: cannot build {opt._target_} ({text})"
+
+
+def _check_optimizer(t: DictConfig) -> None:
+    """Build the optimizer (and scheduler) on a dummy parameter: torch checks its arguments only when the trial
+    builds it, after data loading and selection."""
+    import torch
+
+    opt = t.optimizer
+    for key in _OPTIM_NUMBERS:
+        value = opt.get(key)
+        if key in opt and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise UserError(f"trainer.optimizer.{key}={value}: expected a number")
+    try:
+        optimizer = build_optimizer(t, [torch.nn.Parameter(torch.zeros(1))])
+    except Exception as e:
+        raise UserError(_optimizer_error(opt, e)) from None
+    if t.scheduler is not None:
+        try:  # any positive step count shows a bad argument
+            build_scheduler(t, optimizer, total_steps=t.steps or 100)
+        except Exception as e:
+            raise UserError(f"trainer.scheduler: cannot build {t.scheduler._target_} "
+                            f"({first_line(e.__cause__ or e)})") from None
+
+
+def _check_models_fit(cfg: DictConfig, source: Any, pipeline: Pipeline, check_files: bool) -> None:
+    """One forward of the model (and the probe's model, when the strategy trains a probe) on samples shaped as the
+    dataset's, when the source knows that shape cheaply. A file's shape only where files are checked: in a sweep a
+    missing or malformed file fails its own trial."""
+    if getattr(source, "peek_reads_files", False) and not check_files:
+        return
+    peeked = source.peek() if hasattr(source, "peek") else None  # a user's own source may not have it
+    if peeked is None:
+        return
+    shape, num_classes = peeked
+    dataset = cfg.dataset.get("name", cfg.dataset._target_)
+    if cfg.dataset.get("path"):  # a user's file: its name says more than the source's
+        dataset = f"{dataset} ({cfg.dataset.path})"
+    check_model_fits(cfg.model, "model", dataset, shape, num_classes)
+    if cfg.probe.model is not None and pipeline.needs & set(PROBE_SIGNALS):
+        check_model_fits(cfg.probe.model, "probe.model", dataset, shape, num_classes)
+
+
+def validate(cfg: DictConfig, check_files: bool = True, check_device: bool = False) -> Pipeline:
+    """Semantic checks on a composed config, before any compute: values, the optimizer torch would build, and one
+    forward of the model on a dataset-shaped zeros batch (CPU); of the data only file headers and labels are read.
 
     A sweep checks files inside each trial instead (`check_files=False` up front), so one trial's
-    missing file fails that trial's run and not the whole sweep. Returns the strategy it built and checked, so a
-    trial builds it once.
+    missing file fails that trial's run and not the whole sweep. `check_device`: the job runs on this machine, so
+    `trainer.device` must exist here. Returns the strategy it built and checked, so a trial builds it once.
     """
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise UserError(f"{missing[0]}: required value missing; set it on the command line ({missing[0]}=...)")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
+        raise UserError(f"seed={cfg.seed}: expected an integer >= 0")
     for key in ("dataset", "model", "strategy"):
         _check_target(key, cfg[key])
     _check_target("trainer.optimizer", cfg.trainer.optimizer)
@@ -191,8 +273,10 @@ def validate(cfg: DictConfig, check_files: bool = True) -> Pipeline:
         raise UserError(f"corruption.label_noise={noise}: expected a number in [0, 1)")
     _positive_int("trainer.eval_every_epochs", t.eval_every_epochs)
     _positive_int("trainer.workers", t.workers)
-    if t.device != "auto" and not (t.device == "cpu" or t.device.startswith("cuda")):
+    if not _DEVICE.fullmatch(t.device):
         raise UserError(f"trainer.device={t.device}: expected auto, cpu, cuda or cuda:N")
+    if check_device and t.workers == 1:  # several workers train on Ray Train's machines, not necessarily this one
+        _check_device(t.device)
 
     if t.target_accuracy is not None and not 0 < t.target_accuracy <= 1:
         raise UserError(f"trainer.target_accuracy={t.target_accuracy}: expected a number in (0, 1] or null")
@@ -214,8 +298,10 @@ def validate(cfg: DictConfig, check_files: bool = True) -> Pipeline:
     if p.model is not None:
         _check_target("probe.model", p.model)
 
+    _check_optimizer(t)
     pipeline = build_strategy(cfg)
     source = build_dataset(cfg)
     if check_files:
         source.check()
+    _check_models_fit(cfg, source, pipeline, check_files)
     return pipeline

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from harness.build import build_optimizer, build_scheduler
 from harness.data import Dataset
 from harness.launch_context import ddp_worker_resources
 from harness.train import TrainOutcome, _batches, budget_steps, evaluate
@@ -60,10 +61,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
     model: nn.Module = config["model"].to(device).train()
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    from hydra.utils import instantiate
-
-    optimizer = instantiate(cfg.optimizer)(ddp.parameters())
-    scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=total_steps) if cfg.scheduler else None
+    optimizer = build_optimizer(cfg, ddp.parameters())
+    scheduler = build_scheduler(cfg, optimizer, total_steps)
     gen = torch_generator(config["seed"], "data_order", device)  # same on every rank: same global batches
     if rank == 0:
         x_test, y_test = torch.from_numpy(data.x_test).to(device), torch.from_numpy(data.y_test).to(device)

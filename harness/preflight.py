@@ -21,6 +21,8 @@ from harness.errors import UserError
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 _HYDRA_FLAGS_WITHOUT_JOB = ("--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--info", "-i",
                             "--shell-completion", "-sc", "--resolve", "--package", "-p")
+# Hydra's run modes, short and long: it takes one per command and answers two with a traceback.
+_MODES = {"-r": "--run", "-m": "--multirun", "-c": "--cfg", "-i": "--info", "-sc": "--shell-completion"}
 
 
 def _one_line(e: Exception) -> str:
@@ -44,20 +46,34 @@ def expand_jobs(overrides: list[str]) -> list[list[str]]:
     return [job for batch in batches for job in batch]
 
 
-def _check_launcher(hydra_overrides: list[str]) -> None:
-    """The sweep's `hydra.launcher` values, when it is Winnow's Ray launcher."""
-    try:
-        cfg = compose(config_name="config", overrides=hydra_overrides, return_hydra_config=True)
+def _is_hydra_override(override: str) -> bool:
+    """`hydra.run.dir=...`, `hydra/launcher=ray`, `+hydra.job.env_set.X=1`: Hydra's own config, not the job's."""
+    return override.lstrip("+~").startswith("hydra")
+
+
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+
+
+def _check_launcher(job: list[str]) -> bool:
+    """Composes the job with Hydra's config; checks `hydra.launcher` values when it is Winnow's Ray launcher. True
+    when a sweep's trials run in this process (Hydra's basic launcher), so this machine's devices are theirs."""
+    try:  # the whole job: an experiment (+experiment=...) may choose the launcher
+        cfg = compose(config_name="config", overrides=job, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         raise UserError(_one_line(e)) from None
-    if cfg.hydra.launcher.get("_target_", "").startswith("hydra_plugins.winnow_ray_launcher"):
+    target = cfg.hydra.launcher.get("_target_", "")
+    if target.startswith("hydra_plugins.winnow_ray_launcher"):
         from harness.launcher import validate_launcher
 
         validate_launcher(cfg.hydra.launcher)
+    return target == BASIC_LAUNCHER
 
 
 def preflight(argv: list[str]) -> int:
     """Validate every job in `argv`; returns the number of jobs. Raises UserError with one line."""
+    modes = [a.split("=")[0] for a in argv if a.split("=")[0] in (*_MODES, *_MODES.values())]
+    if len({_MODES.get(m, m) for m in modes}) > 1:
+        raise UserError(f"{' and '.join(dict.fromkeys(modes))}: expected only one of {', '.join(_MODES.values())}")
     if any(a.split("=")[0] in _HYDRA_FLAGS_WITHOUT_JOB for a in argv):
         return 0  # Hydra's own informational flags: nothing will run
     multirun = any(a in ("-m", "--multirun") for a in argv)
@@ -69,14 +85,15 @@ def preflight(argv: list[str]) -> int:
         raise UserError(_one_line(e)) from None
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        # With Hydra's own config too, so a bad `hydra.` override is one line here, not Hydra's report later. A
+        # launcher that sends a sweep's trials elsewhere (Ray) may give them devices this machine lacks.
+        local = _check_launcher(jobs[0]) or not multirun if jobs else True
         for job in jobs:
             try:
-                cfg = compose(config_name="config", overrides=[o for o in job if not o.startswith("hydra")])
+                cfg = compose(config_name="config", overrides=[o for o in job if not _is_hydra_override(o)])
             except (HydraException, OmegaConfBaseException, ValueError) as e:
                 raise UserError(_one_line(e)) from None
             # In a sweep each trial checks its own files, so one missing file fails one trial.
-            validate(cfg, check_files=not multirun)
-        if multirun and jobs:
-            _check_launcher([o for o in jobs[0] if o.startswith("hydra")])
+            validate(cfg, check_files=not multirun, check_device=local)
     GlobalHydra.instance().clear()
     return len(jobs)

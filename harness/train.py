@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
+from harness.build import build_optimizer, build_scheduler
 from harness.data import Dataset
 from harness.seeding import torch_generator
 from strategies import Selection
@@ -118,8 +118,8 @@ def train(model: nn.Module, data: Dataset, selection: Selection, cfg: DictConfig
 
     model.to(device).train()
     step_model = torch.compile(model) if cfg.compile and device.type == "cuda" else model
-    optimizer = instantiate(cfg.optimizer)(model.parameters())
-    scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=total_steps) if cfg.scheduler else None
+    optimizer = build_optimizer(cfg, model.parameters())
+    scheduler = build_scheduler(cfg, optimizer, total_steps)
     gen = torch_generator(seed, "data_order", device)
 
     out = TrainOutcome(steps=0, epochs=0, final_test_accuracy=float("nan"))

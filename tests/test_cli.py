@@ -1,6 +1,4 @@
-"""The real entry point, as a user runs it: results, records, and errors for bad input."""
-
-import time
+"""The real entry point, as a user runs it: results, records, and a crash. Bad input: test_bad_input.py."""
 
 import mlflow
 import numpy as np
@@ -13,6 +11,7 @@ from tests.conftest import run_cli, runs_of
 PUBLISHED = {"cnn1d": 0.923, "mlp": 0.651, "logistic": 0.315}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["cnn1d", "mlp", "logistic"])
 def test_default_recipe_reaches_published_mnist1d_accuracy(model, store, cache_dir):
     # The reference is one run; one seed of ours spreads about +-2 points (mlp: 0.647 to 0.684 over seeds 0-3),
@@ -50,6 +49,7 @@ def test_run_record_holds_params_tags_metrics_and_artifacts(store, cache_dir, tm
     assert len(idx) == 1000 and len(np.unique(idx)) == 1000
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_twice_gives_identical_indices_and_accuracy(store, cache_dir):
     args = ("strategy=random", "strategy.fraction=0.5", "trainer.epochs=5", f"tracking.uri={store}",
             f"cache_dir={cache_dir}")
@@ -63,60 +63,10 @@ def test_same_config_and_seed_twice_gives_identical_indices_and_accuracy(store, 
 
 
 def test_a_crash_ends_the_run_failed_with_its_error(store, cache_dir):
-    # torch rejects a negative learning rate when the optimizer is built, after the run has started
-    res = run_cli("trainer.optimizer.lr=-1.0", "trainer.epochs=1",
+    # a model that passes the preflight's forward (eval, no grad) and fails once it trains: past every check
+    res = run_cli("model._target_=tests.crashing_model.CrashInTraining", "trainer.epochs=1",
                   f"tracking.uri={store}", f"cache_dir={cache_dir}")
     assert res.returncode != 0
     run = runs_of(store).iloc[0]
     assert run["status"] == "FAILED"
-    assert "ValueError" in run["tags.error"] and "learning rate" in run["tags.error"]
-
-
-def write_npz(path, **override):
-    rng = np.random.default_rng(0)
-    arrays = {"X_train": rng.normal(size=(50, 8)), "y_train": rng.integers(0, 3, 50),
-              "X_test": rng.normal(size=(20, 8)), "y_test": rng.integers(0, 3, 20), **override}
-    np.savez(path, **arrays)
-    return str(path)
-
-
-BAD_INPUT = [
-    (["strategy=nosuch"], "strategy=nosuch: no such strategy"),
-    (["model=nosuch"], "model=nosuch: no such model"),
-    (["dataset=nosuch"], "dataset=nosuch: no such dataset"),
-    (["strategy=random", "strategy.fraction=0"], "strategy.fraction=0: expected a number in (0, 1]"),
-    (["strategy=random", "strategy.fraction=1.5"], "strategy.fraction=1.5: expected a number in (0, 1]"),
-    (["trainer.epochs=-1"], "trainer.epochs=-1: expected a positive integer"),
-    (["dataset=cifar10", "dataset.root=/nonexistent/cifar"], "dataset.root=/nonexistent/cifar: CIFAR-10 not found"),
-    (["-m", "strategy=random,nosuch"], "strategy=nosuch: no such strategy"),
-]
-
-
-@pytest.mark.parametrize("overrides, message", BAD_INPUT)
-def test_bad_input_stops_fast_with_one_line(overrides, message, store):
-    start = time.monotonic()
-    res = run_cli(*overrides, f"tracking.uri={store}")
-    assert time.monotonic() - start < 10
-    assert res.returncode != 0
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in res.stderr, res.stderr
-
-
-@pytest.mark.parametrize(
-    "override, message",
-    [({"y_train": np.zeros(49, int)}, "X_train has 50 rows but y_train has 49"), ({}, "X_test has NaN")],
-)
-def test_malformed_npz_stops_with_one_line_and_a_failed_run(override, message, tmp_path, store):
-    if not override:
-        x = np.random.default_rng(0).normal(size=(20, 8))
-        x[3, 2] = np.nan
-        override = {"X_test": x}
-    path = write_npz(tmp_path / "bad.npz", **override)
-    start = time.monotonic()
-    res = run_cli("dataset=npz", f"dataset.path={path}", f"tracking.uri={store}")
-    assert time.monotonic() - start < 10
-    assert res.returncode != 0
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and path in lines[0] and "Traceback" not in res.stderr
-    run = runs_of(store).iloc[0]
-    assert run["status"] == "FAILED" and message in run["tags.error"]
+    assert run["tags.error"] == "RuntimeError: deliberate crash in training"

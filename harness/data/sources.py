@@ -1,6 +1,7 @@
 """Dataset sources, each built from its `_target_` in conf/dataset/*.yaml.
 
-Every source has `check()` (cheap: files exist, values sane; run before any compute), `prepare(cache_dir)`
+Every source has `check()` (cheap: files exist, values sane; run before any compute), `peek()` (cheap: the shape of
+one sample and the number of classes, for the preflight's model check), `prepare(cache_dir)`
 (one-time work such as generating the data into a cache; a sweep's driver runs it before the trials so no trial
 is charged for it) and `load(cache_dir)` returning a `Dataset`. Errors a user can cause raise `UserError` naming
 the key or file.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +24,15 @@ from harness.errors import UserError
 class Source:
     """The contract of a dataset source (see the module docstring); `prepare` does nothing by default."""
 
+    peek_reads_files = False  # True: `peek` opens the user's file, so it waits until files are checked
+
     def check(self) -> None:
         pass
+
+    def peek(self) -> tuple[tuple[int, ...], int | None] | None:
+        """(shape of one input sample, number of classes or None) without loading or generating the data; None
+        when that cannot be known cheaply."""
+        return None
 
     def prepare(self, cache_dir: str | Path) -> bool:
         """Do the one-time work `load` would otherwise do; True when there was work to do."""
@@ -49,6 +58,10 @@ class MNIST1D(Source):
             raise UserError(f"dataset.num_samples={self.num_samples}: expected an integer >= 20")
         if not 0 < self.train_split < 1:
             raise UserError(f"dataset.train_split={self.train_split}: expected a number in (0, 1)")
+
+    def peek(self) -> tuple[tuple[int, ...], int | None] | None:
+        # the generator's own output length (its args, not the data: generating takes seconds); load() says 10
+        return (self._args().final_seq_length,), 10
 
     def _args(self):
         from mnist1d.data import get_dataset_args
@@ -90,6 +103,9 @@ class Digits(Source):
         if not 0 < self.test_fraction < 1:
             raise UserError(f"dataset.test_fraction={self.test_fraction}: expected a number in (0, 1)")
 
+    def peek(self) -> tuple[tuple[int, ...], int | None] | None:
+        return (64,), 10  # 8x8 images, flattened by load()
+
     def load(self, cache_dir: str | Path) -> Dataset:
         from sklearn.datasets import load_digits
 
@@ -105,6 +121,7 @@ class NPZ(Source):
     """A user's .npz file with arrays X_train, y_train, X_test, y_test."""
 
     KEYS = ("X_train", "y_train", "X_test", "y_test")
+    peek_reads_files = True
 
     def __init__(self, path: str, name: str = "npz") -> None:
         self.path = path
@@ -115,6 +132,22 @@ class NPZ(Source):
             raise UserError("dataset.path is empty: expected the path of an .npz file")
         if not Path(self.path).is_file():
             raise UserError(f"dataset.path={self.path}: file not found; expected an .npz with {', '.join(self.KEYS)}")
+
+    def peek(self) -> tuple[tuple[int, ...], int | None] | None:
+        """X_train's sample shape from its .npy header inside the zip (X is not read), and the classes from the labels
+        when they are non-negative integers (small next to X), else None; None when X_train's header cannot be read
+        (not a zip, no X_train): `load` then says why, naming the file."""
+        if not self.path or not Path(self.path).is_file():
+            return None
+        try:
+            with zipfile.ZipFile(self.path) as zf:
+                header = _npy_header(zf, "X_train")
+                if header is None or len(header[0]) < 1:
+                    return None
+                classes = [_label_count(zf, k) for k in ("y_train", "y_test")]
+        except Exception:  # not a zip, a damaged member: load() reports it
+            return None
+        return header[0][1:], (None if None in classes else max(classes))
 
     def load(self, cache_dir: str | Path) -> Dataset:
         self.check()
@@ -140,6 +173,35 @@ class NPZ(Source):
         if arrays["X_train"].shape[1:] != arrays["X_test"].shape[1:]:
             raise UserError(f"{self.path}: X_train and X_test have different feature shapes")
         return make_dataset(self.name, *(arrays[k] for k in self.KEYS))
+
+
+# Labels up to this many values are read by NPZ.peek to count the classes (80 MB of int64 at most).
+_PEEK_MAX_LABELS = 10_000_000
+
+
+def _npy_header(zf: zipfile.ZipFile, key: str) -> tuple[tuple[int, ...], np.dtype] | None:
+    """(shape, dtype) of `key`.npy in an .npz, from its header only; None when absent or of an unknown version."""
+    if f"{key}.npy" not in zf.namelist():
+        return None
+    with zf.open(f"{key}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            return None
+    return tuple(shape), dtype
+
+
+def _label_count(zf: zipfile.ZipFile, key: str) -> int | None:
+    """max + 1 of the labels `key` (as `make_dataset` counts classes); None unless non-negative integers, few enough."""
+    header = _npy_header(zf, key)
+    if header is None or not np.issubdtype(header[1], np.integer) or not 0 < np.prod(header[0]) <= _PEEK_MAX_LABELS:
+        return None
+    with zf.open(f"{key}.npy") as f:
+        y = np.lib.format.read_array(f, allow_pickle=False)
+    return int(y.max()) + 1 if y.min() >= 0 else None
 
 
 class CIFAR(Source):
@@ -174,6 +236,9 @@ class CIFAR(Source):
                 f"dataset.root={self.root}: CIFAR-{self.num_classes} not found; expected {folder}/ with "
                 f"{', '.join(missing[:3])}{'...' if len(missing) > 3 else ''} (torchvision format)"
             )
+
+    def peek(self) -> tuple[tuple[int, ...], int | None] | None:
+        return ((3, 32, 32), self.num_classes) if self.num_classes in self.LAYOUT else None
 
     def _read(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         label_key = self.LAYOUT[self.num_classes][3]
