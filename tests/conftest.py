@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# How long a subprocess may take before a test calls it hung: a guard, not a time limit. The slowest test here
+# (three 6,000-step trials) took 68 s on a quiet 2-core VM and over 300 s at load average 5; CI machines differ 5x.
+HANG_S = 1800
 
 
 @dataclass
@@ -33,7 +36,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(tmp_path_factory.mktemp("cache"))
 
 
-def run_cli(*overrides: str, cwd: Path | None = None, timeout: float = 300, module: str = "harness.run",
+def run_cli(*overrides: str, cwd: Path | None = None, timeout: float = HANG_S, module: str = "harness.run",
             env: dict[str, str] | None = None) -> CliResult:
     """`python -m <module> <overrides>` in a subprocess (the real entry point), `env` added to this environment."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO, make_npz, run_cli, runs_of
+from tests.conftest import HANG_S, REPO, make_npz, run_cli, runs_of
 
 # A tiny trial: digits (1,437 train samples), an MLP, one epoch.
 TINY = ("dataset=digits", "model=mlp", "trainer.epochs=1")
@@ -44,7 +44,7 @@ def popen_sweep(tmp_path: Path, *overrides: str) -> subprocess.Popen:
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def wait_for_running_run(store: str, timeout: float = 120):
+def wait_for_running_run(store: str, timeout: float = HANG_S):
     """The first run of the store that is RUNNING and has logged its dataset (so it is training)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -125,7 +125,7 @@ def test_a_killed_worker_is_retried_and_the_trial_finishes_once(ray_address, sto
                        f"hydra.sweep.dir={tmp_path / 'sweep'}")
     victim = wait_for_running_run(store)
     os.kill(int(victim["tags.worker_pid"]), signal.SIGKILL)
-    assert proc.wait(timeout=240) == 0, (tmp_path / "err.txt").read_text()
+    assert proc.wait(timeout=HANG_S) == 0, (tmp_path / "err.txt").read_text()
     runs = runs_of(store)
     assert len(runs) == 2 and runs["tags.config_hash"].nunique() == 1
     killed = runs[runs.run_id == victim.run_id].iloc[0]
@@ -143,7 +143,7 @@ def test_ctrl_c_cancels_the_sweep_and_leaves_no_run_running(ray_address, store, 
                        f"hydra.sweep.dir={tmp_path / 'sweep'}")
     wait_for_running_run(store)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=120) == 130
+    assert proc.wait(timeout=HANG_S) == 130
     runs = runs_of(store)
     assert len(runs) >= 1 and set(runs["status"]) == {"FAILED"}
     assert runs["tags.error"].str.contains("interrupted").all()

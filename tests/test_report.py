@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from harness.report import load_runs, summarise
 from harness.report.cli import build
 from harness.report.stats import pareto_mask, sign_flip_p
-from tests.conftest import REPO
+from tests.conftest import HANG_S, REPO
 
 EXPERIMENT = "synth"
 SEEDS = range(6)
@@ -235,11 +235,11 @@ def test_all_output_files_are_written(store, tmp_path):
 @pytest.mark.slow
 def test_cli_prints_the_table_and_rejects_an_unknown_experiment(store, tmp_path):
     res = subprocess.run([sys.executable, "-m", "harness.report", EXPERIMENT, "--tracking-uri", store,
-                          "--out", str(tmp_path / "r")], cwd=REPO, capture_output=True, text=True, timeout=120)
+                          "--out", str(tmp_path / "r")], cwd=REPO, capture_output=True, text=True, timeout=HANG_S)
     assert res.returncode == 0, res.stderr
     assert "| full | 1 | 6 |" in res.stdout and (tmp_path / "r" / "report.html").is_file()
     res = subprocess.run([sys.executable, "-m", "harness.report", "nosuch", "--tracking-uri", store],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+                         cwd=REPO, capture_output=True, text=True, timeout=HANG_S)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [f"winnow-report: error: experiment=nosuch: not found in {store}; "
                                                "expected one of: Default, synth"]

@@ -11,12 +11,12 @@ from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
 from harness.reproduce import EXIT_DATA_CHANGED, EXIT_DIFFERS, EXIT_OK, EXIT_USER, compare, main, within
-from tests.conftest import REPO, run_cli, runs_of
+from tests.conftest import HANG_S, REPO, run_cli, runs_of
 
 
 def reproduce_cli(run_id: str, store: str, cwd=REPO) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "harness.reproduce", run_id, "--tracking-uri", store], cwd=cwd,
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          capture_output=True, text=True, timeout=HANG_S, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 @pytest.mark.slow

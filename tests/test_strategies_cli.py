@@ -11,7 +11,7 @@ TINY = ("trainer.epochs=1", "probe.epochs=2", "probe.score_epoch=1", "probe.runs
 def test_sweep_shares_one_probe_and_costs_it(store, cache_dir, tmp_path):
     sig_cache = str(tmp_path / "cache")  # own signal cache, so the first run must train the probe
     res = run_cli("-m", "strategy=el2n,semdedup,pipeline", "strategy.fraction=0.5", *TINY,
-                  f"tracking.uri={store}", f"cache_dir={sig_cache}", timeout=600)
+                  f"tracking.uri={store}", f"cache_dir={sig_cache}")
     assert res.returncode == 0, res.stderr
     runs = runs_of(store).set_index("tags.strategy")
     assert (runs["status"] == "FINISHED").all()
