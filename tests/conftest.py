@@ -12,6 +12,11 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# One torch (OpenMP) thread in this process, its subprocesses and their Ray workers. On 2 cores shared with another
+# job, two-thread trials spin on each other: a 400-step trial trained in 18.3 s with 2 threads and 1.0 s with 1 at
+# load average 4.8; on a quiet 2-core VM the default trial took 10.2 s with 2 and 10.9 s with 1. Reproductions
+# replay the recorded thread count, so nothing here depends on it; a user's own environment wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # How long a subprocess may take before a test calls it hung: a guard, not a time limit. The slowest test here
 # (three 6,000-step trials) took 68 s on a quiet 2-core VM and over 300 s at load average 5; CI machines differ 5x.
 HANG_S = 1800
