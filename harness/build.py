@@ -125,7 +125,8 @@ def _build_one(node: DictConfig, key: str) -> Stage:
             raise UserError(f"{key}.{first_line(cause)}") from None
         raise UserError(f"{key}: cannot build {node._target_} ({first_line(cause)})") from None
     if not isinstance(stage, Stage):
-        raise UserError(f"{key}._target_={node._target_}: expected a stage with `needs` and `select()`")
+        raise UserError(f"{key}._target_={node._target_}: expected a stage (a subclass of strategies.base.BaseStage, "
+                        "or a class with needs, reaches_target, keeps_all, info, identity_args and select())")
     return stage
 
 

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.errors import UserError, exit_user_error, first_line
+from harness.errors import UserError, exit_user_error, one_line
 from harness.tracking import flatten, tracking_uri
 
 EXIT_OK, EXIT_DIFFERS, EXIT_USER, EXIT_DATA_CHANGED = 0, 1, 2, 3
@@ -130,7 +130,7 @@ def reproduce(run_id: str, uri: str | None = None) -> Comparison:
         with torch_threads(numerics.torch_threads):
             new_id, error = run_trial(cfg, replay=numerics).run_id, None
     except Exception as e:
-        new_id, error = _find_new_run(client, original, started_ms), f"{type(e).__name__}: {first_line(e)}"
+        new_id, error = _find_new_run(client, original, started_ms), one_line(e)
     if new_id:
         client.set_tag(new_id, "reproduction_of", run_id)
     new = client.get_run(new_id) if new_id else None
