@@ -17,6 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from harness.errors import UserError, first_line
 from harness.signals import ALL_SIGNALS
 from strategies.base import SelectionError, Stage
+from strategies.curriculum import Curriculum
+from strategies.dynamic import is_dynamic
 from strategies.pipeline import Pipeline
 
 if TYPE_CHECKING:
@@ -152,6 +154,23 @@ def _stage_config(entry: object, i: int) -> tuple[str, DictConfig]:
     return name, OmegaConf.merge(OmegaConf.load(path), overrides)
 
 
+def _check_dynamic_last(pipeline: Pipeline) -> None:
+    """A dynamic stage selects during training from the pool the static stages leave: it must come last, alone,
+    and not after a curriculum (whose order it would not follow)."""
+    dynamic = [i for i, s in enumerate(pipeline.stages) if is_dynamic(s)]
+    if not dynamic:
+        return
+    i, name = dynamic[0], pipeline.names[dynamic[0]]
+    if i != len(pipeline.stages) - 1:
+        nxt = pipeline.names[i + 1]
+        raise UserError(f"strategy.pipeline[{i}]={name}: a dynamic stage selects during training and must come "
+                        f"last; expected the static stage {nxt} before it")
+    curricula = [n for s, n in zip(pipeline.stages, pipeline.names) if isinstance(s, Curriculum)]
+    if curricula:
+        raise UserError(f"strategy.pipeline[{i}]={name}: a dynamic stage cannot follow the curriculum "
+                        f"{curricula[0]} (it would not follow its order); expected static stages without an order")
+
+
 def build_strategy(cfg: DictConfig) -> Pipeline:
     """The trial's strategy as a Pipeline (its `pipeline` list, or the one configured stage), checked before
     compute: constructor arguments, the signals it needs, and whether it can reach `strategy.fraction`."""
@@ -166,12 +185,14 @@ def build_strategy(cfg: DictConfig) -> Pipeline:
     else:
         pipeline = Pipeline([_build_one(strategy_cfg, "strategy")], [str(strategy_cfg.get("name", "stage"))])
     label = strategy_cfg.get("name", strategy_cfg._target_)
+    _check_dynamic_last(pipeline)
     unknown = sorted(pipeline.needs - set(ALL_SIGNALS))
     if unknown:
         raise UserError(f"strategy={label} needs signal {unknown[0]}, which no probe provides; expected one of: "
                         f"{', '.join(ALL_SIGNALS)}")
     fraction = strategy_cfg.get("fraction", 1.0)
-    if fraction < 1 and not pipeline.reaches_target:
+    keeps_all = len(pipeline.stages) == 1 and pipeline.stages[0].keeps_all  # full, infobatch: runs at fraction 1
+    if fraction < 1 and not pipeline.reaches_target and not keeps_all:
         raise UserError(f"strategy.fraction={fraction}: no stage of {label} ({', '.join(pipeline.names)}) cuts to "
                         "a target fraction; expected strategy.fraction=1, a coreset stage, or dedup with eps: null")
     return pipeline

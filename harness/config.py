@@ -19,6 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from harness.build import build_dataset, build_optimizer, build_scheduler, build_strategy, check_model_fits
 from harness.errors import UserError, first_line
 from harness.signals import PROBE_SIGNALS
+from harness.train import BUDGET_UNITS
 from strategies.curriculum import curriculum_label
 from strategies.pipeline import Pipeline
 
@@ -39,6 +40,8 @@ class TrainerConfig:
 
     epochs: int | None = 150  # 150 epochs x 40 steps = the reference's 6,000 steps on 4,000 samples
     steps: int | None = None  # set instead of epochs for a fixed step budget (then epochs: null)
+    # or samples seen (forwarded from the data), e.g. to compare a strategy that skips samples at equal data seen
+    samples: int | None = None
     batch_size: int = 100
     optimizer: Any = field(default_factory=lambda: {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-2})
     scheduler: Any = None  # e.g. {_target_: harness.schedules.cosine, _partial_: true}
@@ -137,6 +140,8 @@ def config_hash(cfg: DictConfig) -> str:
     d = OmegaConf.to_container(cfg, resolve=True)
     for k in _NOT_IDENTITY:
         d.pop(k, None)
+    if isinstance(d.get("trainer"), dict) and d["trainer"].get("samples") is None:
+        d["trainer"].pop("samples", None)  # added later: unset, it leaves earlier runs' hashes as they were
     strategy = d.get("strategy")
     if isinstance(strategy, dict) and "_target_" in strategy:
         if "fraction" in strategy:
@@ -261,12 +266,14 @@ def validate(cfg: DictConfig, check_files: bool = True, check_device: bool = Fal
         raise UserError(f"strategy.fraction={fraction}: expected a number in (0, 1]")
 
     t = cfg.trainer
-    if (t.epochs is None) == (t.steps is None):
-        raise UserError(f"trainer.epochs={t.epochs}, trainer.steps={t.steps}: expected exactly one to be set")
-    if t.epochs is not None:
-        _positive_int("trainer.epochs", t.epochs)
-    if t.steps is not None:
-        _positive_int("trainer.steps", t.steps)
+    given = [f"trainer.{unit}={t[unit]}" for unit in BUDGET_UNITS if t.get(unit) is not None]
+    if len(given) != 1:
+        how = f"{', '.join(given)}: the budget is given {len(given)} ways" if given else "no training budget is set"
+        raise UserError(f"{how}; expected exactly one of trainer.epochs, trainer.steps, trainer.samples "
+                        "(set the others to null)")
+    for unit in BUDGET_UNITS:
+        if t.get(unit) is not None:
+            _positive_int(f"trainer.{unit}", t[unit])
     _positive_int("trainer.batch_size", t.batch_size)
     noise = cfg.corruption.label_noise
     if not 0 <= noise < 1:

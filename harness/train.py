@@ -1,7 +1,11 @@
 """Training on a Selection with the whole dataset resident on the device (the airbench pattern).
 
-Batches are slices of `torch.randperm` on the device; no DataLoader workers for in-memory data.
-With a curriculum (order + pacing) each batch is drawn from the first g(t)*n samples of the order.
+One loop serves one process and data-parallel workers (harness/parallel.py): every rank draws the same global
+batches from the same seeded generator and trains on its shard of each. Batches are slices of `torch.randperm` on
+the device; no DataLoader workers for in-memory data. With a curriculum (order + pacing) each batch is drawn from
+the first g(t)*n samples of the order. With a dynamic stage (strategies/dynamic.py) each epoch trains on the
+samples the stage plans from the per-sample losses training recorded, or backpropagates only the samples of each
+forwarded batch the stage keeps.
 """
 
 from __future__ import annotations
@@ -20,16 +24,21 @@ from torch import nn
 
 from harness.build import build_optimizer, build_scheduler
 from harness.data import Dataset
-from harness.seeding import torch_generator
+from harness.parallel import Local
+from harness.seeding import numpy_rng, torch_generator
 from strategies import Selection
+from strategies.dynamic import DynamicStage, EpochContext
 
 if TYPE_CHECKING:
     from harness.meters import Meter
 
+BUDGET_UNITS = ("epochs", "steps", "samples")
+
 
 @dataclass
 class TrainOutcome:
-    """What training produced: per-epoch curves, the final accuracy and the time spent evaluating."""
+    """What training produced: per-epoch curves, the final accuracy, the budget spent and the time spent
+    evaluating and selecting inside the loop."""
 
     steps: int
     epochs: int
@@ -43,6 +52,43 @@ class TrainOutcome:
     tta_s: float = math.nan
     tta_steps: float = math.nan
     tta_energy_j: float = math.nan
+    samples_seen: int = 0  # samples drawn from the data and forwarded (once per visit)
+    samples_forwarded: int = 0  # forward passes per sample, all of them (Selective-Backprop forwards kept ones twice)
+    samples_backpropagated: int = 0
+    dynamic_selection_s: float = 0.0  # inside the loop: planning epochs and filtering batches (a dynamic stage)
+    epoch_selected_fraction: list[tuple[int, float]] = field(default_factory=list)  # backpropagated / training set
+    epoch_selection_s: list[tuple[int, float]] = field(default_factory=list)
+    # At each evaluation: training time since train() began, evaluation excluded, and the meter's energy over it.
+    eval_train_s: list[tuple[int, float]] = field(default_factory=list)
+    eval_train_energy_j: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long to train: `epochs` passes over each epoch's samples, `steps` optimizer steps, or `samples` seen."""
+
+    unit: str
+    amount: int
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> Budget:
+        given = [u for u in BUDGET_UNITS if cfg.get(u) is not None]
+        if len(given) != 1:
+            raise ValueError(f"expected exactly one of trainer.{', trainer.'.join(BUDGET_UNITS)}; got {given}")
+        return cls(given[0], int(cfg[given[0]]))
+
+    def nominal_steps(self, n: int, batch_size: int) -> int:
+        """Optimizer steps of static training on n samples: the horizon of lr schedules and curriculum pacing."""
+        per_epoch = math.ceil(n / batch_size)
+        return {"epochs": self.amount * per_epoch, "steps": self.amount,
+                "samples": math.ceil(self.amount / batch_size)}[self.unit]
+
+
+def budget_steps(n_samples: int, batch_size: int, epochs: int | None, steps: int | None) -> int:
+    """Total optimizer steps of static training: `steps` when given, else `epochs` passes over the samples."""
+    if steps is not None:
+        return steps
+    return epochs * math.ceil(n_samples / batch_size)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -50,13 +96,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def budget_steps(n_samples: int, batch_size: int, epochs: int | None, steps: int | None) -> int:
-    """Total optimizer steps: `steps` when given, else `epochs` passes over the selected samples."""
-    if steps is not None:
-        return steps
-    return epochs * math.ceil(n_samples / batch_size)
 
 
 @torch.no_grad()
@@ -89,77 +128,212 @@ def _batches(
             yield order[pick]
 
 
+class _Loop:
+    """The state of one training run; `train` is its only user."""
+
+    def __init__(self, model: nn.Module, data: Dataset, selection: Selection, cfg: DictConfig, seed: int,
+                 device: torch.device, dynamic: DynamicStage | None, epoch_target: int | None,
+                 workers: Local) -> None:
+        if dynamic is not None and selection.order is not None:
+            raise ValueError("a dynamic stage cannot follow a curriculum (an order over the samples)")
+        self.cfg, self.device, self.dynamic, self.workers = cfg, device, dynamic, workers
+        self.x = torch.from_numpy(data.x_train[selection.indices]).to(device)
+        self.y = torch.from_numpy(data.y_train[selection.indices]).to(device)
+        self.labels = data.y_train[selection.indices]
+        self.n, self.n_train, self.batch_size = len(self.x), len(data.y_train), cfg.batch_size
+        self.static_w = None
+        if selection.weights is not None:  # mean 1, so the loss scale (and the lr) match unweighted training
+            w = np.asarray(selection.weights, dtype=np.float32)
+            self.static_w = torch.from_numpy(w / w.mean()).to(device)
+        self.w = self.static_w
+        self.order = None if selection.order is None else torch.as_tensor(selection.order, device=device)
+        self.pacing = selection.pacing
+        self.epoch_target = epoch_target if epoch_target is not None else self.n
+        self.budget = Budget.of(cfg)
+        self.nominal_steps = self.budget.nominal_steps(self.n, self.batch_size)
+        self.amp = cfg.amp and device.type == "cuda"  # bf16 autocast only where it pays (tensor cores)
+
+        self.model = model.to(device).train()
+        step_model = workers.wrap(self.model)
+        self.step_model = torch.compile(step_model) if cfg.compile and device.type == "cuda" else step_model
+        self.optimizer = build_optimizer(cfg, self.model.parameters())
+        self.scheduler = build_scheduler(cfg, self.optimizer, self.nominal_steps)
+        self.scheduled = 0  # scheduler steps taken: follows the budget's progress (see `_advance_schedule`)
+        self.gen = torch_generator(seed, "data_order", device)
+        self.rng = numpy_rng(seed, "dynamic_selection")
+        record = dynamic is not None and dynamic.uses_losses
+        self.losses = torch.full((self.n,), math.nan, device=device) if record else None
+        self.plan: torch.Tensor | None = None  # the current epoch plan's positions (None: every sample)
+        self.queue = torch.empty(0, dtype=torch.int64, device=device)  # forwarded, kept, not yet backpropagated
+        self.out = TrainOutcome(steps=0, epochs=0, final_test_accuracy=float("nan"))
+        self.loss_sum, self.loss_batches = torch.zeros((), device=device), 0
+
+    # -- budget ---------------------------------------------------------------------------------------------
+    def progress(self, epoch: int, within_epoch: float) -> float:
+        """Fraction of the budget spent, in [0, 1]."""
+        b, out = self.budget, self.out
+        spent = {"epochs": epoch - 1 + within_epoch, "steps": out.steps, "samples": out.samples_seen}[b.unit]
+        return min(1.0, spent / b.amount)
+
+    def exhausted(self) -> bool:
+        """Steps or samples budget reached (an epochs budget ends with its last epoch)."""
+        b, out = self.budget, self.out
+        return (b.unit == "steps" and out.steps >= b.amount) or (b.unit == "samples" and out.samples_seen >= b.amount)
+
+    def _advance_schedule(self, progress: float) -> None:
+        """Step the lr scheduler to where static training would be at this progress: a dynamic epoch with fewer
+        steps compresses the schedule instead of cutting its end off (what InfoBatch's and RS2's code do)."""
+        if self.scheduler is None:
+            return
+        target = round(progress * self.nominal_steps)
+        while self.scheduled < target:
+            self.scheduler.step()
+            self.scheduled += 1
+
+    # -- one step -------------------------------------------------------------------------------------------
+    def step(self, batch: torch.Tensor) -> None:
+        """Forward, backward and optimizer step on a global batch of positions (this rank's shard of it)."""
+        workers = self.workers
+        mine = workers.shard(batch)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = self.step_model(self.x[mine])
+        losses = F.cross_entropy(logits.float(), self.y[mine], reduction="none")
+        if self.losses is not None and not self.dynamic.per_batch:  # recorded from the training forward itself
+            self.losses[batch] = workers.gather(losses.detach(), len(batch))
+        if self.w is not None:
+            losses = losses * self.w[mine]
+        # sum x world / global batch: DDP's mean over ranks is then the whole batch's mean loss gradient
+        loss = losses.sum() * workers.world / len(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.loss_sum += loss.detach() / workers.world
+        self.loss_batches += 1
+        self.out.steps += 1
+        self.out.samples_forwarded += len(batch)
+        self.out.samples_backpropagated += len(batch)
+
+    @torch.no_grad()
+    def forward_losses(self, batch: torch.Tensor) -> torch.Tensor:
+        """Per-sample losses of a global batch in eval mode, no gradient (Selective-Backprop's selection pass)."""
+        mine = self.workers.shard(batch)
+        self.model.eval()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = self.model(self.x[mine])
+        self.model.train()
+        self.out.samples_forwarded += len(batch)
+        return self.workers.gather(F.cross_entropy(logits.float(), self.y[mine], reduction="none"), len(batch))
+
+    # -- one epoch ------------------------------------------------------------------------------------------
+    def plan_epoch(self, epoch: int) -> float:
+        """Ask the dynamic stage for this epoch's samples and weights; returns the seconds it took."""
+        start = time.perf_counter()
+        losses = self.losses.cpu().numpy() if self.losses is not None else np.full(self.n, np.nan, np.float32)
+        ctx = EpochContext(epoch, self.progress(epoch, 0.0), losses, self.labels, min(self.epoch_target, self.n),
+                           self.rng)
+        plan = self.dynamic.plan_epoch(ctx)
+        self.plan = torch.as_tensor(plan.positions, device=self.device)
+        self.w = self.static_w
+        if plan.weights is not None:
+            self.w = self.static_w.clone() if self.static_w is not None else torch.ones(self.n, device=self.device)
+            self.w[self.plan] *= torch.as_tensor(plan.weights, dtype=torch.float32, device=self.device)
+        return time.perf_counter() - start
+
+    def epoch_batches(self) -> Iterator[torch.Tensor]:
+        if self.plan is None:
+            return _batches(self.n, self.batch_size, self.order, self.pacing, self.out.steps, self.nominal_steps,
+                            self.gen, self.device)
+        return iter(self.plan[torch.randperm(len(self.plan), generator=self.gen, device=self.device)]
+                    .split(self.batch_size))
+
+    def run_epoch(self, epoch: int) -> float:
+        """Train one epoch; returns the seconds spent selecting inside it."""
+        dyn, bs = self.dynamic, self.batch_size
+        selection_s = 0.0
+        if dyn is not None and (epoch - 1) % dyn.select_every == 0:
+            selection_s += self.plan_epoch(epoch)
+        size = self.n if self.plan is None else len(self.plan)
+        n_batches = math.ceil(size / bs) if self.pacing is None or self.plan is not None else math.ceil(self.n / bs)
+        for i, batch in enumerate(self.epoch_batches()):
+            self.out.samples_seen += len(batch)
+            if dyn is not None and dyn.per_batch:
+                losses = self.forward_losses(batch)
+                if self.losses is not None:
+                    self.losses[batch] = losses
+                start = time.perf_counter()
+                keep = dyn.filter_batch(losses.cpu().numpy(), epoch, self.rng)
+                selection_s += time.perf_counter() - start
+                self.queue = torch.cat([self.queue, batch[torch.as_tensor(keep, device=self.device)]])
+                while len(self.queue) >= bs and not self.exhausted():
+                    self.step(self.queue[:bs])
+                    self.queue = self.queue[bs:]
+                within = min(1.0, (i + 1) * bs / size)
+            else:
+                self.step(batch)
+                within = (i + 1) / n_batches
+            self._advance_schedule(self.progress(epoch, within))
+            if self.exhausted():
+                break
+        return selection_s
+
+    def flush(self) -> None:
+        """Backpropagate what is still queued at the end of an epochs budget (the reference's final batch)."""
+        if len(self.queue) and self.budget.unit == "epochs":
+            self.step(self.queue)
+            self.queue = self.queue[:0]
+
+
 def train(model: nn.Module, data: Dataset, selection: Selection, cfg: DictConfig, seed: int,
           device: torch.device, on_epoch_end: Callable[[int, nn.Module], None] | None = None,
-          meter: Meter | None = None) -> TrainOutcome:
-    """Train `model` in place on the selected samples; evaluate on the test split every few epochs.
+          meter: Meter | None = None, dynamic: DynamicStage | None = None, epoch_target: int | None = None,
+          workers: Local | None = None) -> TrainOutcome:
+    """Train `model` in place on the selected samples for the budget in `cfg`; evaluate every few epochs.
 
     `on_epoch_end(epoch, model)` runs after each epoch's steps (the signal probe records per-epoch outputs there).
-    `meter` (optional) gives the energy for time-to-accuracy.
+    `meter` (optional) gives the energy for time-to-accuracy and the anytime curve. `dynamic` plans each epoch
+    (or filters each batch) over the selected samples, `epoch_target` being the samples per epoch the strategy's
+    fraction asks for. `workers`: this process's rank in data-parallel training (default: the only one).
     """
     start_s = time.perf_counter()
+    start_j = meter.energy_j() if meter is not None else math.nan
     target = cfg.get("target_accuracy")
-    start_j = meter.energy_j() if meter is not None and target is not None else math.nan
-    x = torch.from_numpy(data.x_train[selection.indices]).to(device)
-    y = torch.from_numpy(data.y_train[selection.indices]).to(device)
-    x_test = torch.from_numpy(data.x_test).to(device)
-    y_test = torch.from_numpy(data.y_test).to(device)
-    weights = None
-    if selection.weights is not None:  # mean 1, so the loss scale (and the lr) match unweighted training
-        w = np.asarray(selection.weights, dtype=np.float32)
-        weights = torch.from_numpy(w / w.mean()).to(device)
-    order = None if selection.order is None else torch.as_tensor(selection.order, device=device)
-
-    n, batch_size = len(x), cfg.batch_size
-    total_steps = budget_steps(n, batch_size, cfg.epochs, cfg.steps)
-    steps_per_epoch = math.ceil(n / batch_size)
-    epochs = math.ceil(total_steps / steps_per_epoch)
-    amp = cfg.amp and device.type == "cuda"  # bf16 autocast only where it pays (tensor cores)
-
-    model.to(device).train()
-    step_model = torch.compile(model) if cfg.compile and device.type == "cuda" else model
-    optimizer = build_optimizer(cfg, model.parameters())
-    scheduler = build_scheduler(cfg, optimizer, total_steps)
-    gen = torch_generator(seed, "data_order", device)
-
-    out = TrainOutcome(steps=0, epochs=0, final_test_accuracy=float("nan"))
-    for epoch in range(1, epochs + 1):
-        loss_sum = torch.zeros((), device=device)
-        n_batches = 0
-        for idx in _batches(n, batch_size, order, selection.pacing, out.steps, total_steps, gen, device):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = step_model(x[idx])
-            losses = F.cross_entropy(logits.float(), y[idx], reduction="none")
-            loss = (losses * weights[idx]).mean() if weights is not None else losses.mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            loss_sum += loss.detach()
-            n_batches += 1
-            out.steps += 1
-            if out.steps >= total_steps:
-                break
+    workers = workers if workers is not None else Local()
+    loop = _Loop(model, data, selection, cfg, seed, device, dynamic, epoch_target, workers)
+    out = loop.out
+    x_test, y_test = torch.from_numpy(data.x_test).to(device), torch.from_numpy(data.y_test).to(device)
+    epoch = 0
+    while True:
+        epoch += 1
+        backpropagated = out.samples_backpropagated
+        selection_s = loop.run_epoch(epoch)
+        last = loop.exhausted() or (loop.budget.unit == "epochs" and epoch >= loop.budget.amount)
+        if last:
+            loop.flush()
         out.epochs = epoch
+        out.dynamic_selection_s += selection_s
+        out.epoch_selection_s.append((epoch, selection_s))
+        out.epoch_selected_fraction.append((epoch, (out.samples_backpropagated - backpropagated) / loop.n_train))
         if on_epoch_end is not None:
             on_epoch_end(epoch, model)
-        out.train_loss.append((epoch, loss_sum.item() / max(n_batches, 1)))
-        if epoch % cfg.eval_every_epochs == 0 or out.steps >= total_steps:
+        out.train_loss.append((epoch, workers.sum(loop.loss_sum).item() / max(loop.loss_batches, 1)))
+        loop.loss_sum, loop.loss_batches = torch.zeros((), device=device), 0
+        if epoch % cfg.eval_every_epochs == 0 or last:
             start = time.perf_counter()
-            acc = evaluate(model, x_test, y_test, amp=amp)
+            acc = workers.agree(evaluate(model, x_test, y_test, amp=loop.amp))
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             out.eval_s += time.perf_counter() - start
             out.test_accuracy.append((epoch, acc))
             out.final_test_accuracy = acc
+            wall_s = time.perf_counter() - start_s
+            train_s = wall_s - out.eval_s
+            energy_j = (meter.energy_j() - start_j) * train_s / wall_s if meter is not None else math.nan
+            out.eval_train_s.append((epoch, train_s))
+            out.eval_train_energy_j.append((epoch, energy_j))
             if target is not None and acc >= target and math.isnan(out.tta_s):
-                wall_s = time.perf_counter() - start_s
-                out.tta_s, out.tta_steps = wall_s - out.eval_s, out.steps
-                if meter is not None:
-                    out.tta_energy_j = (meter.energy_j() - start_j) * out.tta_s / wall_s
+                out.tta_s, out.tta_steps, out.tta_energy_j = train_s, out.steps, energy_j
                 if cfg.get("stop_at_target"):
                     break
-        if out.steps >= total_steps:
+        if last:
             break
     return out

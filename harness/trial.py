@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import time
@@ -23,7 +24,7 @@ from harness.numerics import Numerics
 from harness.seeding import derive_seed
 from harness.select import run_selection
 from harness.tracking import flatten, trial_run
-from harness.train import resolve_device, train
+from harness.train import TrainOutcome, resolve_device, train
 
 
 @dataclass
@@ -45,6 +46,15 @@ def run_name(cfg: DictConfig) -> str:
     s = cfg.strategy
     frac = effective_fraction(cfg)
     return f"{s.get('name', 'strategy')}-f{frac:g}-{cfg.model.get('name', 'model')}-s{cfg.seed}"
+
+
+def anytime_curves(before_train: dict[str, float], outcome: TrainOutcome) -> dict[str, list[tuple[int, float]]]:
+    """Cumulative cost at each evaluation (step = epoch), everything before training included (data, probe,
+    static selection) and evaluation left out: `eval_cum_s`, `eval_cum_energy_j`. With `epoch_test_accuracy`
+    they draw test accuracy against cost so far (the report's anytime curves)."""
+    s0, j0 = before_train.get("total_s", 0.0), before_train.get("total_energy_j", math.nan)
+    return {"eval_cum_s": [(e, s0 + s) for e, s in outcome.eval_train_s],
+            "eval_cum_energy_j": [(e, j0 + j) for e, j in outcome.eval_train_energy_j]}
 
 
 def run_trial(cfg: DictConfig, replay: Numerics | None = None) -> TrialResult:
@@ -102,13 +112,20 @@ def run_trial(cfg: DictConfig, replay: Numerics | None = None) -> TrialResult:
         first = torch.from_numpy(data.x_train[selection.indices[: cfg.trainer.batch_size]]).to(device)
         flops_per_step = step_flops(model.to(device), first, torch.from_numpy(
             data.y_train[selection.indices[: cfg.trainer.batch_size]]).to(device))
+        before_train = meter.totals()  # what the anytime curve starts from: data, probe and selection
+        dynamic = strategy.dynamic
+        epoch_target = max(1, round(effective_fraction(cfg) * len(data.y_train)))  # samples per epoch (RS2)
         with meter.stage("train"):
             if cfg.trainer.workers > 1:  # data-parallel on Ray Train; the selection above is shared by all workers
-                outcome = train_ddp(model, data, selection, cfg.trainer, cfg.seed, device)
+                outcome = train_ddp(model, data, selection, cfg.trainer, cfg.seed, device, dynamic, epoch_target)
             else:
-                outcome = train(model, data, selection, cfg.trainer, cfg.seed, device, meter=meter)
-        # evaluation inside the loop is booked as eval, with its time share of the train stage's energy
+                outcome = train(model, data, selection, cfg.trainer, cfg.seed, device, meter=meter, dynamic=dynamic,
+                                epoch_target=epoch_target)
+        # evaluation and per-epoch selection inside the loop are booked as their own stages, each with its time
+        # share of the train stage's energy; selection counts in total_s, as the static selection does
         meter.add("eval", outcome.eval_s, from_stage="train")
+        if dynamic is not None:
+            meter.add("dynamic_selection", outcome.dynamic_selection_s, from_stage="train")
 
         n_train = len(data.y_train)
         metrics = {
@@ -118,6 +135,9 @@ def run_trial(cfg: DictConfig, replay: Numerics | None = None) -> TrialResult:
             "selected_fraction": len(selection.indices) / n_train,
             "steps": outcome.steps,
             "epochs": outcome.epochs,
+            "samples_seen": outcome.samples_seen,
+            "samples_forwarded": outcome.samples_forwarded,
+            "samples_backpropagated": outcome.samples_backpropagated,
             "num_params": sum(p.numel() for p in model.parameters()),
             **(totals := meter.totals()),
             **cost_figures(totals, meter.n_gpus, cfg.cost.co2e_g_per_kwh, cfg.cost.usd_per_gpu_hour,
@@ -129,6 +149,8 @@ def run_trial(cfg: DictConfig, replay: Numerics | None = None) -> TrialResult:
             "peak_rss_bytes": _peak_rss_bytes(totals.get("peak_rss_bytes", float("nan"))),
         }
         run.tags(meter.tags())
-        run.curves({"epoch_train_loss": outcome.train_loss, "epoch_test_accuracy": outcome.test_accuracy})
+        run.curves({"epoch_train_loss": outcome.train_loss, "epoch_test_accuracy": outcome.test_accuracy,
+                    "epoch_selected_fraction": outcome.epoch_selected_fraction,
+                    "epoch_selection_s": outcome.epoch_selection_s, **anytime_curves(before_train, outcome)})
         run.metrics(metrics)
         return TrialResult(run.run_id, chash, outcome.final_test_accuracy, len(selection.indices), metrics)

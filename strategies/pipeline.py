@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from strategies.base import Selection, SelectionContext, Stage
+from strategies.dynamic import DynamicStage, is_dynamic
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class Pipeline:
         # Whether some stage cuts to `fraction` (a coreset, or dedup with eps: null); dedup with a fixed eps
         # and curricula do not.
         self.reaches_target = any(s.reaches_target for s in self.stages)
+        # A dynamic stage (strategies/dynamic.py) keeps its candidates here and selects during training; it comes
+        # last (harness/build.py checks), so the static stages before it fix the pool it selects from.
+        self.dynamic: DynamicStage | None = next((s for s in self.stages if is_dynamic(s)), None)
         self.reports: list[StageReport] = []
 
     def select(self, ctx: SelectionContext,

@@ -54,7 +54,7 @@ CASES = {
     "negative-epochs": Bad(("trainer.epochs=-1",), "trainer.epochs=-1: expected a positive integer"),
     "batch-size-0": Bad(("trainer.batch_size=0",), "trainer.batch_size=0: expected a positive integer"),
     "epochs-and-steps": Bad(("trainer.steps=100",),
-                            "trainer.epochs=150, trainer.steps=100: expected exactly one to be set"),
+                            "trainer.epochs=150, trainer.steps=100: the budget is given 2 ways"),
     "string-for-int": Bad(("trainer.epochs=abc",), "Value 'abc' of type 'str' could not be converted to Integer"),
     "typo-key": Bad(("trainer.epoch=3",), "Could not override 'trainer.epoch'"),
     "label-noise-1.5": Bad(("corruption.label_noise=1.5",), "corruption.label_noise=1.5: expected a number in [0, 1)"),

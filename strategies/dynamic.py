@@ -1,0 +1,216 @@
+"""Selection during training: stages that choose each epoch's samples, or each batch's backpropagated samples,
+from what training already computed (the latest per-sample losses).
+
+A dynamic stage is also a static stage whose `select` keeps every candidate; the harness trains on that pool and
+calls `plan_epoch` at epoch boundaries (every `select_every` epochs) and, for per-batch methods, `filter_batch`
+on each forwarded batch. A static selection is the special case "the same positions every epoch". Pure: arrays
+in, positions and weights out; the generator is the harness's seeded stream.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from strategies.base import BaseStage, Selection, SelectionContext, SelectionError
+
+
+@dataclass(frozen=True)
+class EpochContext:
+    """What the training loop knows when an epoch starts.
+
+    epoch:    1-based number of the epoch about to start.
+    progress: fraction of the training budget (epochs, steps or samples seen) already spent, in [0, 1).
+    losses:   float32[n], each pool sample's loss from its latest training forward pass; NaN = not seen yet.
+    labels:   int64[n], the pool's labels.
+    n_target: samples per epoch that `strategy.fraction` asks for (of the original training set), at most n.
+    rng:      the stage's seeded generator, the same on every data-parallel rank.
+    """
+
+    epoch: int
+    progress: float
+    losses: np.ndarray
+    labels: np.ndarray
+    n_target: int
+    rng: np.random.Generator
+
+    @property
+    def n(self) -> int:
+        return len(self.losses)
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """One epoch's samples: sorted positions into the pool, and a loss weight per position (None: all 1).
+
+    The loop shuffles the positions into batches; a weight multiplies that sample's loss as given (no
+    renormalisation: InfoBatch's 1/(1-r) keeps the expected gradient equal to the full data's)."""
+
+    positions: np.ndarray
+    weights: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        pos = np.asarray(self.positions, dtype=np.int64)
+        object.__setattr__(self, "positions", pos)
+        if pos.ndim != 1 or (len(pos) > 1 and np.any(np.diff(pos) <= 0)):
+            raise ValueError("EpochPlan.positions must be sorted, unique, 1-D")
+        if self.weights is not None and len(self.weights) != len(pos):
+            raise ValueError("EpochPlan.weights must have one entry per position")
+
+
+@runtime_checkable
+class DynamicStage(Protocol):
+    """The training loop's side of a dynamic stage (`DynamicBase` has the defaults).
+
+    uses_losses:  the loop records per-sample losses for `EpochContext.losses` (a scatter per step; off otherwise).
+    per_batch:    the loop calls `filter_batch` on each forwarded batch and backpropagates only what it keeps.
+    select_every: epochs between two calls of `plan_epoch`; in between the last plan is reused.
+    """
+
+    uses_losses: bool
+    per_batch: bool
+    select_every: int
+
+    def plan_epoch(self, ctx: EpochContext) -> EpochPlan: ...
+
+    def filter_batch(self, losses: np.ndarray, epoch: int, rng: np.random.Generator) -> np.ndarray: ...
+
+
+class DynamicBase(BaseStage):
+    """Defaults: statically keeps every candidate; trains on the whole pool every epoch, backpropagating all."""
+
+    reaches_target = False
+    keeps_all = True
+    uses_losses = False
+    per_batch = False
+
+    def __init__(self, select_every: int = 1) -> None:
+        if isinstance(select_every, bool) or not isinstance(select_every, int) or select_every < 1:
+            raise SelectionError(f"select_every={select_every}: expected an integer >= 1")
+        self.select_every = select_every
+
+    def select(self, ctx: SelectionContext) -> Selection:
+        return Selection(np.sort(ctx.candidates))
+
+    def plan_epoch(self, ctx: EpochContext) -> EpochPlan:
+        return EpochPlan(np.arange(ctx.n))
+
+    def filter_batch(self, losses: np.ndarray, epoch: int, rng: np.random.Generator) -> np.ndarray:
+        return np.ones(len(losses), dtype=bool)
+
+
+def is_dynamic(stage: object) -> bool:
+    return isinstance(stage, DynamicStage)
+
+
+def _fraction(key: str, value: float, hi_inclusive: float | None = None) -> None:
+    hi = hi_inclusive if hi_inclusive is not None else 1.0
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value
+    ok = ok and (value <= hi if hi_inclusive is not None else value < hi)
+    if not ok:
+        bracket = f"(0, {hi_inclusive:g}]" if hi_inclusive is not None else "(0, 1)"
+        raise SelectionError(f"{key}={value}: expected a number in {bracket}")
+
+
+class RS2(DynamicBase):
+    """Repeated Sampling of Random Subsets (Okanovic et al. 2023): each round a uniform random `n_target` of the
+    pool. `replacement: false` walks one random permutation in consecutive chunks, so every sample is visited once
+    per ceil(n / n_target) rounds (the last chunk of a pass is topped up from a fresh permutation, without
+    repeating a sample inside the round); `true` draws each round independently."""
+
+    reaches_target = True
+    keeps_all = False
+
+    def __init__(self, replacement: bool = False, select_every: int = 1) -> None:
+        super().__init__(select_every)
+        self.replacement = bool(replacement)
+        self._queue = np.empty(0, dtype=np.int64)  # without replacement: positions not yet visited this pass
+
+    def plan_epoch(self, ctx: EpochContext) -> EpochPlan:
+        k = min(ctx.n_target, ctx.n)
+        if self.replacement:
+            return EpochPlan(np.sort(ctx.rng.choice(ctx.n, size=k, replace=False)))
+        take = self._queue[:k]
+        self._queue = self._queue[k:]
+        if len(take) < k:  # the pass is over: a fresh permutation, minus what this round already holds
+            fresh = ctx.rng.permutation(ctx.n)
+            fresh = fresh[~np.isin(fresh, take)]
+            take, self._queue = np.concatenate([take, fresh[: k - len(take)]]), fresh[k - len(take):]
+        return EpochPlan(np.sort(take))
+
+
+class InfoBatch(DynamicBase):
+    """InfoBatch (Qin et al., ICLR 2024), as its reference code (NUS-HPC-AI-Lab/InfoBatch) does it.
+
+    Each epoch, the samples whose latest loss is below the mean over the pool are "well learned"; a uniform
+    floor(keep * count) of them is kept (keep = 1 - prune_ratio), each with loss weight 1/keep so the expected
+    gradient equals the full data's; the rest of the pool is kept with weight 1. Samples not seen yet count as not
+    well learned, so the first epoch is full (the reference starts every score at 3). While `progress` exceeds
+    `delta` (annealing: the last 1 - delta of the budget) every sample is used with weight 1.
+    """
+
+    uses_losses = True
+
+    def __init__(self, prune_ratio: float = 0.5, delta: float = 0.875, select_every: int = 1) -> None:
+        super().__init__(select_every)
+        # The reference keeps at least 10% of the well-learned samples (keep_ratio >= 0.1).
+        _fraction("prune_ratio", prune_ratio, hi_inclusive=0.9)
+        _fraction("delta", delta, hi_inclusive=1.0)
+        self.prune_ratio, self.delta = float(prune_ratio), float(delta)
+
+    def plan_epoch(self, ctx: EpochContext) -> EpochPlan:
+        everything = EpochPlan(np.arange(ctx.n))
+        if ctx.progress > self.delta:
+            return everything
+        seen = ~np.isnan(ctx.losses)
+        if not seen.any():
+            return everything
+        # the reference's mean includes its initial score (3) for unseen samples; after epoch 1 every sample is seen
+        scores = np.where(seen, ctx.losses, 3.0)
+        well_learned = np.flatnonzero(scores < scores.mean())
+        keep = 1.0 - self.prune_ratio
+        kept = ctx.rng.choice(well_learned, size=int(keep * len(well_learned)), replace=False)
+        weights = np.ones(ctx.n, dtype=np.float32)
+        weights[kept] = 1.0 / keep
+        mask = np.ones(ctx.n, dtype=bool)
+        mask[well_learned] = False
+        mask[kept] = True
+        positions = np.flatnonzero(mask)
+        return EpochPlan(positions, weights[positions])
+
+
+class SelectiveBackprop(DynamicBase):
+    """Selective-Backprop (Jiang et al. 2019), as its reference code (angelajiang/SelectiveBackprop) does it.
+
+    Every sample of an epoch is forwarded; each is backpropagated with probability P = percentile^beta, the
+    percentile being the share of the last `history` losses (this batch's included) strictly below its loss. The
+    first epoch backpropagates everything and leaves the history empty (the reference "primes" on one epoch).
+    Kept samples queue up; the loop backpropagates each full batch of them, unweighted (the reference's
+    `SamplingBackpropper`). Defaults: beta 3 and history 1024, the reference's.
+    """
+
+    per_batch = True
+
+    def __init__(self, beta: float = 3.0, history: int = 1024) -> None:
+        super().__init__(select_every=1)  # it filters every batch; there is no epoch plan to reuse
+        if isinstance(beta, bool) or not isinstance(beta, int | float) or beta <= 0:
+            raise SelectionError(f"beta={beta}: expected a positive number")
+        if isinstance(history, bool) or not isinstance(history, int) or history < 1:
+            raise SelectionError(f"history={history}: expected an integer >= 1")
+        self.beta, self.history = float(beta), history
+        self._losses: deque[float] = deque(maxlen=history)
+
+    def keep_probability(self, losses: np.ndarray) -> np.ndarray:
+        """P of each loss after the batch joined the history (the reference updates first, then scores)."""
+        self._losses.extend(float(v) for v in losses)
+        past = np.sort(np.fromiter(self._losses, dtype=np.float64, count=len(self._losses)))
+        below = np.searchsorted(past, np.asarray(losses, dtype=np.float64), side="left")
+        return (below / len(past)) ** self.beta
+
+    def filter_batch(self, losses: np.ndarray, epoch: int, rng: np.random.Generator) -> np.ndarray:
+        if epoch == 1:  # priming
+            return np.ones(len(losses), dtype=bool)
+        return rng.random(len(losses)) < self.keep_probability(losses)
