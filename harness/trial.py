@@ -114,6 +114,8 @@ def run_trial(cfg: DictConfig, replay: Numerics | None = None) -> TrialResult:
             data.y_train[selection.indices[: cfg.trainer.batch_size]]).to(device))
         before_train = meter.totals()  # what the anytime curve starts from: data, probe and selection
         dynamic = strategy.dynamic
+        if dynamic is not None:
+            run.tags({"dynamic_stage": strategy.names[-1]})
         epoch_target = max(1, round(effective_fraction(cfg) * len(data.y_train)))  # samples per epoch (RS2)
         with meter.stage("train"):
             if cfg.trainer.workers > 1:  # data-parallel on Ray Train; the selection above is shared by all workers
