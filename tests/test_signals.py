@@ -92,3 +92,15 @@ def test_probe_el2n_is_mean_over_runs_at_score_epoch(tmp_path):
     # hard samples by EL2N have a larger loss on average: the signal carries the probe's information
     hard = sig["el2n"] > np.median(sig["el2n"])
     assert sig["loss"][hard].mean() > sig["loss"][~hard].mean()
+
+
+def test_probe_trains_its_own_epochs_whatever_the_trials_budget(tmp_path):
+    # a trial budgeted in samples seen (or steps) still gets a probe of probe.epochs epochs: the probe replaces
+    # the trial's budget instead of adding a second one
+    cfg, data = tiny_setup(tmp_path)
+    cfg.trainer.epochs, cfg.trainer.samples = None, 50
+    by_samples, _ = compute_signals(frozenset({"loss"}), cfg, data, torch.device("cpu"))
+    cfg.trainer.epochs, cfg.trainer.samples = 7, None
+    by_epochs, info = compute_signals(frozenset({"loss"}), cfg, data, torch.device("cpu"))
+    assert info.cache_hit  # the trial's budget is not part of the probe's identity either
+    assert np.array_equal(by_samples["loss"], by_epochs["loss"])

@@ -43,7 +43,7 @@ def run_probe(cfg: DictConfig, data: Dataset, device: torch.device) -> dict[str,
 
     probe = cfg.probe
     model_cfg = probe.model if probe.model is not None else cfg.model
-    trainer_cfg = OmegaConf.merge(cfg.trainer, {"epochs": probe.epochs, "steps": None, "workers": 1,
+    trainer_cfg = OmegaConf.merge(cfg.trainer, {"epochs": probe.epochs, "steps": None, "samples": None, "workers": 1,
                                                 "eval_every_epochs": probe.epochs, "target_accuracy": None,
                                                 "stop_at_target": False})
     x = torch.from_numpy(data.x_train).to(device)
