@@ -32,10 +32,12 @@ ENERGY_J_PER_S = 200.0  # d1 runs log total_energy_j = 200 W x total_s (+ a per-
 
 
 def _log(client: MlflowClient, exp_id: str, tags: dict, metrics: dict, status: str = "FINISHED",
-         start_ms: int = 0) -> str:
+         start_ms: int = 0, curves: dict[str, dict[int, float]] | None = None) -> str:
+    """`curves`: per-epoch histories {metric: {epoch: value}}, logged with step = epoch as a trial does."""
     run = client.create_run(exp_id, tags={k: str(v) for k, v in tags.items()}, start_time=start_ms)
     rid = run.info.run_id
-    client.log_batch(rid, metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items()],
+    history = [Metric(k, float(v), 0, step) for k, pts in (curves or {}).items() for step, v in pts.items()]
+    client.log_batch(rid, metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items()] + history,
                      tags=[RunTag(k, str(v)) for k, v in tags.items()])
     client.set_terminated(rid, status=status)
     return rid
@@ -213,6 +215,7 @@ def test_all_output_files_are_written(store, tmp_path):
         assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert "<svg" in (out / f"{stem}.svg").read_text()
     assert not (out / "accuracy_vs_total_energy_j_d2_m2.png").exists()  # d2 logged no energy
+    assert not list(out.glob("anytime_*"))  # these runs logged no per-epoch histories: no curves, no error
 
     csv = pd.read_csv(paths["csv"], na_values=["n/a"])
     r = csv[(csv.strategy == "random") & (csv.fraction == 0.3)].iloc[0]
@@ -305,3 +308,100 @@ def test_every_cost_a_trial_logs_has_a_report_column():
 
     logged = cost_figures({"total_s": 10.0, "total_energy_j": 100.0}, 1, 475.0, 2.5, 0.04, cpu_cores=2)
     assert set(logged) <= set(COSTS)
+
+
+# ---- anytime curves: per-epoch accuracy against cost so far, from metric histories ------------------------------
+
+# (dataset, strategy, fraction, seed) -> {epoch: (accuracy, eval_cum_s)}; energy is 100 J/s where metered
+ANYTIME = {
+    ("d1", "full", 1.0, 0): {1: (0.50, 10.0), 2: (0.70, 20.0), 3: (0.80, 30.0)},
+    ("d1", "full", 1.0, 1): {1: (0.60, 12.0), 2: (0.80, 22.0), 3: (0.90, 32.0)},
+    ("d1", "full", 1.0, 2): {1: (0.40, 14.0), 2: (0.60, 24.0), 3: (0.70, 34.0)},
+    ("d1", "random", 0.5, 0): {1: (0.30, 3.0), 2: (0.50, 6.0), 3: (0.60, 9.0)},
+    ("d1", "random", 0.5, 1): {1: (0.40, 5.0), 2: (0.60, 8.0)},  # never evaluated epoch 3
+    ("d2", "random", 0.5, 0): {1: (0.20, 1.0), 2: (0.30, 2.0)},  # d2: data-parallel, no energy (NaN)
+    ("d2", "random", 0.5, 1): {1: (0.40, 3.0), 2: (0.50, 4.0)},
+}
+
+
+@pytest.fixture(scope="module")
+def anytime_store(tmp_path_factory) -> str:
+    uri = f"sqlite:///{tmp_path_factory.mktemp('anytime') / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("anytime")
+    t = 1_000_000
+    for (dataset, strategy, fraction, seed), pts in ANYTIME.items():
+        energy = {e: c * 100 if dataset == "d1" else float("nan") for e, (_, c) in pts.items()}
+        curves = {"epoch_test_accuracy": {e: a for e, (a, _) in pts.items()},
+                  "eval_cum_s": {e: c for e, (_, c) in pts.items()}, "eval_cum_energy_j": energy}
+        last = max(pts)
+        _log(client, exp, _tags(dataset, "m1", strategy, fraction, seed),
+             {"test_accuracy": pts[last][0], "total_s": pts[last][1] + 1}, start_ms=t, curves=curves)
+    bogus = {"epoch_test_accuracy": {1: 0.01, 2: 0.01, 3: 0.01}, "eval_cum_s": {1: 1e3, 2: 2e3, 3: 3e3}}
+    # an earlier run of random 0.5 seed 0 (the later one is used) and a failed seed 3: both out of the curves
+    _log(client, exp, _tags("d1", "m1", "random", 0.5, 0), {"test_accuracy": 0.01, "total_s": 1.0}, start_ms=t - 1,
+         curves=bogus)
+    _log(client, exp, _tags("d1", "m1", "random", 0.5, 3), {}, status="FAILED", start_ms=t, curves=bogus)
+    # runs logged before eval_cum_s existed: accuracy history only; d3 has nothing else
+    old = {"epoch_test_accuracy": {1: 0.9, 2: 0.9, 3: 0.9}}
+    for dataset, seed in (("d1", 2), ("d3", 0), ("d3", 1)):
+        _log(client, exp, _tags(dataset, "m1", "random", 0.5, seed), {"test_accuracy": 0.9, "total_s": 5.0},
+             start_ms=t, curves=old)
+    return uri
+
+
+def test_bootstrap_columns_match_one_bootstrap_per_column():
+    from harness.report.stats import bootstrap_mean_ci, bootstrap_mean_ci_columns
+
+    x = np.random.default_rng(7).normal(0.8, 0.05, (5, 4))
+    lo, hi = bootstrap_mean_ci_columns(x)
+    for j in range(x.shape[1]):
+        assert (lo[j], hi[j]) == pytest.approx(bootstrap_mean_ci(x[:, j]), abs=1e-12)
+    assert np.isnan(bootstrap_mean_ci_columns(x[:1])[0]).all()  # one seed: no interval
+
+
+def test_anytime_curves_are_means_over_the_used_seeds(anytime_store, monkeypatch):
+    from harness.report.curves import load_curves, mean_curves
+    from harness.report.stats import bootstrap_mean_ci
+
+    rep = summarise(load_runs(anytime_store, "anytime"), "anytime")
+    called = []
+    real = MlflowClient.get_metric_history
+    monkeypatch.setattr(MlflowClient, "get_metric_history",
+                        lambda self, rid, key: called.append(rid) or real(self, rid, key))
+    tidy = load_curves(anytime_store, rep.runs_used, rep.panel)
+    # old runs (no eval_cum_s), the superseded and the failed run are skipped, the old ones without a history call
+    assert set(tidy["run_id"]) == set(called)
+    assert sorted(set(zip(tidy.dataset, tidy.strategy, tidy.seed))) == sorted((k[0], k[1], k[3]) for k in ANYTIME)
+    assert tidy[tidy.dataset == "d2"]["cum_energy_j"].isna().all()
+
+    c = mean_curves(tidy, rep.panel).set_index(["dataset", "strategy", "epoch"])
+    full = c.loc[("d1", "full")]
+    assert list(full.index) == [1, 2, 3] and (full["n"] == 3).all()
+    assert full["accuracy"].to_numpy() == pytest.approx([0.50, 0.70, 0.80])
+    assert full["cum_s"].to_numpy() == pytest.approx([12.0, 22.0, 32.0])
+    assert full["cum_energy_j"].to_numpy() == pytest.approx([1200.0, 2200.0, 3200.0])
+    assert (full.loc[2, "accuracy_lo"], full.loc[2, "accuracy_hi"]) == pytest.approx(
+        bootstrap_mean_ci([0.70, 0.80, 0.60]), abs=1e-12)
+    rand = c.loc[("d1", "random")]  # seeds 0 and 1; epoch 3 only seed 0 evaluated: dropped
+    assert list(rand.index) == [1, 2] and (rand["n"] == 2).all()
+    assert rand["accuracy"].to_numpy() == pytest.approx([0.35, 0.55])
+    assert rand["cum_s"].to_numpy() == pytest.approx([4.0, 7.0])
+    assert rand["cum_energy_j"].to_numpy() == pytest.approx([400.0, 700.0])
+    d2 = c.loc[("d2", "random")]
+    assert d2["accuracy"].to_numpy() == pytest.approx([0.30, 0.40]) and d2["cum_energy_j"].isna().all()
+    assert "d3" not in c.index.get_level_values("dataset")
+
+
+def test_report_draws_anytime_figures(anytime_store, tmp_path):
+    paths = build("anytime", anytime_store, tmp_path)
+    for stem in ("anytime_cum_s_d1_m1", "anytime_cum_energy_j_d1_m1", "anytime_cum_s_d2_m1"):
+        assert (tmp_path / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "<svg" in (tmp_path / f"{stem}.svg").read_text()
+        assert f"({stem}.png)" in paths["md"].read_text()
+    assert not (tmp_path / "anytime_cum_energy_j_d2_m1.png").exists()  # d2 metered no energy
+    assert not list(tmp_path.glob("anytime_*d3*"))  # d3's runs predate eval_cum_s
+    md, page = paths["md"].read_text(), paths["html"].read_text()
+    assert "evaluation excluded" in md and "evaluation excluded" in page
+    assert "d1 / m1: anytime accuracy vs time so far" in page
+    assert page.count("<svg") == len(list(tmp_path.glob("*.svg")))

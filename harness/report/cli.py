@@ -2,7 +2,7 @@
 [--reference S]` (console script `winnow-report`).
 
 Reads the experiment's runs from MLflow and writes report.md, report.tex, summary.csv,
-failed_runs.csv, missing_seeds.csv, report.html and a PNG + SVG per figure into DIR.
+failed_runs.csv, missing_seeds.csv, report.html and a PNG + SVG per figure (anytime curves included) into DIR.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from harness.tracking import tracking_uri as resolve_uri
 def build(experiment: str, tracking_uri: str | None = None, out_dir: str | Path | None = None,
           by: Sequence[str] = (), baseline: str = "full", reference: str = "random") -> dict[str, Path]:
     """Read, summarise, draw and write; returns the written files by kind (md, tex, csv, html)."""
+    from harness.report.curves import load_curves, mean_curves
     from harness.report.load import load_runs
     from harness.report.plots import draw_all
     from harness.report.render import write_all
@@ -29,7 +30,8 @@ def build(experiment: str, tracking_uri: str | None = None, out_dir: str | Path 
     if report.n_runs == 0:
         raise UserError(f"experiment={experiment}: has no runs in {tracking_uri}")
     out.mkdir(parents=True, exist_ok=True)
-    figures = draw_all(report, out)
+    curves = mean_curves(load_curves(tracking_uri, report.runs_used, report.panel), report.panel)
+    figures = draw_all(report, out, curves)
     paths = write_all(report, figures, out)
     paths.update({f"figure:{f.png.stem}": f.png for f in figures})
     return paths

@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # files only; never a window (CI and clusters have no dis
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 from harness.report.stats import pareto_mask  # noqa: E402
 from harness.report.summary import Report, panel_title  # noqa: E402
@@ -19,6 +20,10 @@ from harness.report.summary import Report, panel_title  # noqa: E402
 # Costs an accuracy-vs-cost figure is drawn for, when the runs logged them.
 COST_AXES = {"total_s": "total time incl. selection (s)", "total_energy_j": "total energy (J)",
              "gpu_hours": "GPU-hours"}
+# Cost so far at each evaluation (harness/report/curves.py), for the anytime figures.
+ANYTIME_AXES = {"cum_s": ("time", "time so far incl. data, probe and selection, excl. evaluation (s)"),
+                "cum_energy_j": ("energy", "energy so far incl. data, probe and selection, excl. evaluation (J)")}
+_FRACTION_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1)), "v")]
 
 
 @dataclass
@@ -107,10 +112,51 @@ def accuracy_by_strategy(s: pd.DataFrame, out_dir: Path, panel: str, colors: dic
     return _save(fig, out_dir, _slug("accuracy_by_strategy", panel), title)
 
 
-def draw_all(report: Report, out_dir: Path) -> list[Figure]:
+def anytime(c: pd.DataFrame, cost: str, out_dir: Path, panel: str, colors: dict[str, str]) -> Figure:
+    """Mean accuracy over seeds against mean cost so far, epoch by epoch: a line per (strategy, fraction), colour
+    by strategy and line style by fraction, shaded 95% bootstrap band of the accuracy."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    c = c[np.isfinite(c[cost].to_numpy(float)) & (c[cost] > 0)]
+    for strategy, gs in c.groupby("strategy", sort=True):
+        for i, (fraction, g) in enumerate(gs.groupby("fraction", sort=True)):
+            g = g.sort_values("epoch")
+            ls, marker = _FRACTION_STYLES[i % len(_FRACTION_STYLES)]
+            color = colors.get(strategy, "gray")
+            ax.plot(g[cost], g["accuracy"] * 100, ls=ls, marker=marker, ms=3, lw=1.2, color=color,
+                    label=f"{strategy} {fraction:g}")
+            ax.fill_between(g[cost], g["accuracy_lo"] * 100, g["accuracy_hi"] * 100, alpha=0.15, color=color, lw=0)
+    x = c[cost].to_numpy(float)
+    if len(x) and x.max() > 10 * x.min():  # costs over orders of magnitude (cheap subsets next to full data)
+        ax.set_xscale("log")
+        # plain numbers; over less than two decades also 2x and 5x, else the axis may carry a single label
+        few = x.max() < 100 * x.min()
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.FuncFormatter(
+            lambda v, _: f"{v:g}" if few and f"{v:e}"[0] in "25" else ""))
+    name, label = ANYTIME_AXES[cost]
+    ax.set_xlabel(label)
+    ax.set_ylabel("test accuracy (%)")
+    title = f"{panel}: anytime accuracy vs {name} so far (mean over seeds per epoch, 95% CI band)"
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2 if c.groupby(["strategy", "fraction"]).ngroups > 8 else 1)
+    return _save(fig, out_dir, _slug("anytime", cost, panel), title)
+
+
+def _panel_key(values: object) -> tuple:
+    """A hashable panel key in which every missing value is None (NaN != NaN would miss a dict lookup)."""
+    values = values if isinstance(values, tuple) else (values,)
+    return tuple(None if pd.isna(v) else v for v in values)
+
+
+def draw_all(report: Report, out_dir: Path, curves: pd.DataFrame | None = None) -> list[Figure]:
+    """Every figure of every panel. `curves`: curves.mean_curves of the report's runs (None or empty: no anytime
+    figures)."""
     summary, figures = report.summary, []
     # one colour per strategy across every figure of the report
     colors = {name: f"C{i % 10}" for i, name in enumerate(sorted(summary["strategy"].unique()))}
+    by_panel = ({} if curves is None or curves.empty else
+                {_panel_key(k): c for k, c in curves.groupby(list(report.panel), sort=True, dropna=False)})
     for key, g in summary.groupby(list(report.panel), sort=True, dropna=False):
         panel = panel_title(report.panel, key)
         for cost in COST_AXES:
@@ -120,4 +166,8 @@ def draw_all(report: Report, out_dir: Path) -> list[Figure]:
             figures.append(accuracy_vs_fraction(g, out_dir, panel, colors, report.baseline))
         else:
             figures.append(accuracy_by_strategy(g, out_dir, panel, colors))
+        c = by_panel.get(_panel_key(key))
+        for cost in ANYTIME_AXES if c is not None else ():
+            if (c[cost] > 0).any():  # energy: only where some group metered it at every seed
+                figures.append(anytime(c, cost, out_dir, panel, colors))
     return figures

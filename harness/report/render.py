@@ -15,6 +15,14 @@ from harness.report.stats import ALPHA, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CON
 from harness.report.summary import BASELINE, REFERENCE, Report, panel_title
 
 NA = "n/a"
+ANYTIME_NOTE = ("Anytime figures: test accuracy at each evaluated epoch against the cost spent so far (data, probe, "
+                "static selection and training, per-epoch selection included; evaluation excluded), mean over "
+                "seeds per epoch on both axes, shaded 95% bootstrap interval of the accuracy. Runs that did not log "
+                "eval_cum_s are left out of them.")
+
+
+def _has_anytime(figures: list[Figure]) -> bool:
+    return any(f.png.stem.startswith("anytime_") for f in figures)
 
 
 def method(report: Report) -> str:
@@ -141,7 +149,8 @@ def to_markdown(report: Report, figures: list[Figure]) -> str:
     if len(report.repeated):
         out += ["## Repeated runs (left out; the latest run of each group and seed is used)", "",
                 markdown_table(report.repeated.fillna(NA)), ""]
-    out += ["## Figures", ""] + [f"![{f.title}]({f.png.name})" for f in figures] + [""]
+    out += ["## Figures", ""] + ([ANYTIME_NOTE, ""] if _has_anytime(figures) else [])
+    out += [f"![{f.title}]({f.png.name})" for f in figures] + [""]
     return "\n".join(out)
 
 
@@ -197,6 +206,7 @@ def to_html(report: Report, figures: list[Figure]) -> str:
     for title, t in _tables(report):
         parts += [f"<h2>{html.escape(title)}</h2>", table(t)]
     parts += [f"<p class='method'>{html.escape(method(report))}</p>", "<h2>Figures</h2>"]
+    parts += [f"<p class='method'>{html.escape(ANYTIME_NOTE)}</p>"] if _has_anytime(figures) else []
     parts += [f"<figure>{_inline_svg(f.svg)}<figcaption>{html.escape(f.title)}</figcaption></figure>"
               for f in figures]
     none = "<p>None.</p>"

@@ -39,6 +39,25 @@ def bootstrap_mean_ci(values: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
     return _percentile_interval(means)
 
 
+def bootstrap_mean_ci_columns(values: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
+                              seed: int = BOOTSTRAP_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """bootstrap_mean_ci of every column of `values` (seeds x points) at once, e.g. every epoch of a curve.
+
+    The same resampled seeds serve every column, drawn exactly as bootstrap_mean_ci draws them, so column j equals
+    bootstrap_mean_ci(values[:, j]) up to rounding; one draw instead of one per epoch keeps long curves cheap.
+    """
+    x = np.asarray(values, dtype=float)
+    n, k = x.shape
+    if n < 2:
+        return np.full(k, np.nan), np.full(k, np.nan)
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    counts = (idx[:, :, None] == np.arange(n)).sum(axis=1)  # how often each seed is drawn, per resample
+    means = counts @ x / n
+    tail = (1 - CONFIDENCE) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail], axis=0)
+    return lo, hi
+
+
 def bootstrap_diff_ci(a: np.ndarray, b: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
                       seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
     """95% interval of mean(a) - mean(b) for two independent samples, each resampled on its own.

@@ -9,7 +9,7 @@ seed by seed with the reference ("random") at the same fraction. Failed, missing
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,8 @@ class Report:
     panel: tuple[str, ...] = ("dataset", "model")  # one table and one set of figures per value of these
     baseline: str = BASELINE
     reference: str = REFERENCE
+    # the runs behind the numbers (finished, latest per group and seed): the anytime curves read their histories
+    runs_used: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _group_mean(values: pd.Series) -> float:
@@ -87,7 +89,7 @@ def summarise(runs: pd.DataFrame, experiment: str = "", by: Sequence[str] = (), 
     cols = ["run_id", "status", *keys, "seed", "error"]
     return Report(experiment, summary, failed[cols].sort_values([*keys, "seed"]).reset_index(drop=True),
                   _missing_seeds(runs, finished, keys), repeated[cols].reset_index(drop=True), len(runs),
-                  panel, baseline, reference)
+                  panel, baseline, reference, finished.reset_index(drop=True))
 
 
 def _same_panel(s: pd.DataFrame, row: pd.Series, panel: list[str]) -> pd.Series:
