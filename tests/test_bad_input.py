@@ -92,6 +92,18 @@ CASES = {
                              "strategy.pacing=cubic: expected one of linear"),
     "score-epoch-past-probe": Bad(("strategy=el2n", "probe.score_epoch=50"),
                                   "probe.score_epoch=50: expected at most probe.epochs (20)"),
+    # dynamic stages (strategies/dynamic.py) and budgets in samples
+    "infobatch-prune-ratio-1.5": Bad(("strategy=infobatch", "strategy.prune_ratio=1.5"),
+                                     "strategy.prune_ratio=1.5: expected a number in (0, 0.9]"),
+    "infobatch-prune-ratio-0": Bad(("strategy=infobatch", "strategy.prune_ratio=0"),
+                                   "strategy.prune_ratio=0: expected a number in (0, 0.9]"),
+    "rs2-select-every-0": Bad(("strategy=rs2", "strategy.select_every=0"),
+                              "strategy.select_every=0: expected an integer >= 1"),
+    "pipeline-dynamic-first": Bad(("strategy=pipeline", "strategy.pipeline=[infobatch,el2n]"),
+                                  "strategy.pipeline[0]=infobatch: a dynamic stage selects during training and must "
+                                  "come last"),
+    "samples-and-epochs": Bad(("trainer.samples=1000",),
+                              "trainer.epochs=150, trainer.samples=1000: the budget is given 2 ways"),
     # sweeps: every job is checked before the first trains
     "sweep-bad-value": Bad(("-m", "strategy=random,nosuch"), "strategy=nosuch: no such strategy"),
     "sweep-model-misfit": Bad(("-m", "model=cnn1d,resnet18"), "model=resnet18 does not fit dataset=mnist1d"),
@@ -125,7 +137,8 @@ CASES = {
 SLOW = {"fraction-0", "betas-out-of-range", "unknown-optimizer-arg", "unknown-scheduler-arg", "too-few-classes-out",
         "negative-model-width", "probe-model-misfit", "cifar-not-there", "semdedup-eps", "pipeline-unknown-stage",
         "dedup-cannot-cut", "pipeline-cannot-cut", "curriculum-pacing", "sweep-bad-value", "npz-missing-array",
-        "npz-not-a-zip", "npz-negative-labels", "npz-float-labels", "npz-empty", "npz-feature-shapes-differ"}
+        "npz-not-a-zip", "npz-negative-labels", "npz-float-labels", "npz-empty", "npz-feature-shapes-differ",
+        "infobatch-prune-ratio-0", "rs2-select-every-0", "pipeline-dynamic-first"}
 PARAMS = [pytest.param(case, id=name, marks=[pytest.mark.slow] if name in SLOW else []) for name, case in CASES.items()]
 
 
