@@ -117,9 +117,11 @@ def _fraction(key: str, value: float, hi_inclusive: float | None = None) -> None
 
 class RS2(DynamicBase):
     """Repeated Sampling of Random Subsets (Okanovic et al. 2023): each round a uniform random `n_target` of the
-    pool. `replacement: false` walks one random permutation in consecutive chunks, so every sample is visited once
-    per ceil(n / n_target) rounds (the last chunk of a pass is topped up from a fresh permutation, without
-    repeating a sample inside the round); `true` draws each round independently."""
+    pool. `replacement: false`, as the reference's `UniformNoReplacement`: one random permutation per pass of
+    ceil(n / n_target) rounds, walked in consecutive chunks, the pass's last chunk wrapping round to the start of
+    the same permutation, so every sample is visited at least once per pass (exactly once when n_target divides
+    n). (The reference's wrap arithmetic, modulo n + 1, yields one short chunk when a pass ends one sample past
+    n; here every round has n_target samples.) `replacement: true` draws each round independently."""
 
     reaches_target = True
     keeps_all = False
@@ -127,18 +129,17 @@ class RS2(DynamicBase):
     def __init__(self, replacement: bool = False, select_every: int = 1) -> None:
         super().__init__(select_every)
         self.replacement = bool(replacement)
-        self._queue = np.empty(0, dtype=np.int64)  # without replacement: positions not yet visited this pass
+        self._pass = np.empty(0, dtype=np.int64)  # without replacement: this pass's permutation
+        self._round = 0  # rounds of this pass already drawn
 
     def plan_epoch(self, ctx: EpochContext) -> EpochPlan:
         k = min(ctx.n_target, ctx.n)
         if self.replacement:
             return EpochPlan(np.sort(ctx.rng.choice(ctx.n, size=k, replace=False)))
-        take = self._queue[:k]
-        self._queue = self._queue[k:]
-        if len(take) < k:  # the pass is over: a fresh permutation, minus what this round already holds
-            fresh = ctx.rng.permutation(ctx.n)
-            fresh = fresh[~np.isin(fresh, take)]
-            take, self._queue = np.concatenate([take, fresh[: k - len(take)]]), fresh[k - len(take):]
+        if len(self._pass) != ctx.n or self._round * k >= ctx.n:  # a new pass
+            self._pass, self._round = ctx.rng.permutation(ctx.n), 0
+        take = self._pass[(self._round * k + np.arange(k)) % ctx.n]
+        self._round += 1
         return EpochPlan(np.sort(take))
 
 
@@ -147,7 +148,8 @@ class InfoBatch(DynamicBase):
 
     Each epoch, the samples whose latest loss is below the mean over the pool are "well learned"; a uniform
     floor(keep * count) of them is kept (keep = 1 - prune_ratio), each with loss weight 1/keep so the expected
-    gradient equals the full data's; the rest of the pool is kept with weight 1. Samples not seen yet count as not
+    gradient equals the full data's (exactly when keep * count is whole; the floor, the reference's, biases it
+    down by under one sample's share); the rest of the pool is kept with weight 1. Samples not seen yet count as not
     well learned, so the first epoch is full (the reference starts every score at 3). While `progress` exceeds
     `delta` (annealing: the last 1 - delta of the budget) every sample is used with weight 1.
     """
