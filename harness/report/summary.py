@@ -21,8 +21,8 @@ BASELINE = "full"     # default strategy tag of the baseline runs (the full data
 REFERENCE = "random"  # default strategy tag every other strategy is paired against at the same fraction
 # Cost metrics, summarised when a group's runs logged them. total_s is the meters' sum over every
 # stage (data, probe, selection, training, evaluation), so a strategy's own cost is never left out.
-COSTS = ("total_s", "data_s", "probe_s", "selection_s", "train_s", "eval_s", "total_energy_j", "gpu_hours",
-         "cpu_core_hours", "energy_kwh", "co2e_g", "cost_usd", "tta_s")
+COSTS = ("total_s", "data_s", "probe_s", "selection_s", "dynamic_selection_s", "train_s", "eval_s", "total_energy_j",
+         "gpu_hours", "cpu_core_hours", "energy_kwh", "co2e_g", "cost_usd", "tta_s")
 # The cost a speedup and a saving are computed from, each against the full baseline's mean.
 SAVINGS = {"time": "total_s", "energy": "total_energy_j", "gpu_hours": "gpu_hours"}
 PARETO_COST = "total_s"
