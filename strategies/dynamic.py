@@ -9,7 +9,6 @@ in, positions and weights out; the generator is the harness's seeded stream.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -203,13 +202,18 @@ class SelectiveBackprop(DynamicBase):
         if isinstance(history, bool) or not isinstance(history, int) or history < 1:
             raise SelectionError(f"history={history}: expected an integer >= 1")
         self.beta, self.history = float(beta), history
-        self._losses: deque[float] = deque(maxlen=history)
+        self._ring = np.empty(history, dtype=np.float64)  # the last `history` losses, oldest overwritten first
+        self._seen = 0  # losses ever added (the ring holds the last min(_seen, history) of them)
 
     def keep_probability(self, losses: np.ndarray) -> np.ndarray:
         """P of each loss after the batch joined the history (the reference updates first, then scores)."""
-        self._losses.extend(float(v) for v in losses)
-        past = np.sort(np.fromiter(self._losses, dtype=np.float64, count=len(self._losses)))
-        below = np.searchsorted(past, np.asarray(losses, dtype=np.float64), side="left")
+        losses = np.asarray(losses, dtype=np.float64)
+        tail = losses[-self.history:]  # a batch longer than the history keeps only its last losses
+        slots = (self._seen + len(losses) - len(tail) + np.arange(len(tail))) % self.history
+        self._ring[slots] = tail
+        self._seen += len(losses)
+        past = np.sort(self._ring[: min(self._seen, self.history)])
+        below = np.searchsorted(past, losses, side="left")
         return (below / len(past)) ** self.beta
 
     def filter_batch(self, losses: np.ndarray, epoch: int, rng: np.random.Generator) -> np.ndarray:
