@@ -161,6 +161,9 @@ def _check_dynamic_last(pipeline: Pipeline) -> None:
     if not dynamic:
         return
     i, name = dynamic[0], pipeline.names[dynamic[0]]
+    if len(dynamic) > 1:
+        raise UserError(f"strategy.pipeline[{dynamic[1]}]={pipeline.names[dynamic[1]]}: a second dynamic stage "
+                        f"after {name}; expected at most one, last")
     if i != len(pipeline.stages) - 1:
         nxt = pipeline.names[i + 1]
         raise UserError(f"strategy.pipeline[{i}]={name}: a dynamic stage selects during training and must come "

@@ -36,10 +36,11 @@ NUMERICS_TAGS = ("device", "torch_threads", "amp_dtype", "deterministic")  # har
 COST_SUFFIXES = ("_s", "_bytes", "_j")
 COST_NAMES = frozenset({"gpu_hours", "cpu_core_hours", "kwh", "energy_kwh", "co2e_g", "cost_usd", "cache_hit"})
 # Counts fixed by the config and the selection: equal on any device.
-EXACT = frozenset({"n_selected", "n_train", "selected_fraction", "steps", "epochs", "num_params"})
-# ...except where selection during training (tag `dynamic_stage`) decides from losses: then steps and samples
-# counts follow the numerics and get the GPU tolerance like any other result.
-DEPENDS_ON_LOSSES = frozenset({"steps", "samples_seen", "samples_forwarded", "samples_backpropagated"})
+EXACT = frozenset({"n_selected", "n_train", "selected_fraction", "steps", "epochs", "num_params", "samples_seen",
+                   "samples_forwarded", "samples_backpropagated"})
+# ...except where selection during training (tag `dynamic_stage`) decides from losses: then the budget counts
+# follow the numerics and get the GPU tolerance like any other result.
+DEPENDS_ON_LOSSES = frozenset({"steps", "epochs", "samples_seen", "samples_forwarded", "samples_backpropagated"})
 # On a GPU (either run), kernels are not bitwise deterministic by default (cuDNN/cuBLAS algorithm
 # choice, atomics, bf16 autocast): accuracies may differ by up to 1 point, other results (losses) by 5%.
 GPU_ACCURACY_ABS = 0.01

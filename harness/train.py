@@ -261,11 +261,12 @@ class _Loop:
                 losses = self.forward_losses(batch)
                 if self.losses is not None:
                     self.losses[batch] = losses
+                losses_np = losses.cpu().numpy()  # waits for the forward: training's time, not selection's
                 start = time.perf_counter()
-                keep = dyn.filter_batch(losses.cpu().numpy(), epoch, self.rng)
+                keep = dyn.filter_batch(losses_np, epoch, self.rng)
                 selection_s += time.perf_counter() - start
                 self.queue = torch.cat([self.queue, batch[torch.as_tensor(keep, device=self.device)]])
-                while len(self.queue) >= bs and not self.exhausted():
+                while len(self.queue) >= bs and not self.steps_spent():
                     self.step(self.queue[:bs])
                     self.queue = self.queue[bs:]
                 within = min(1.0, (i + 1) * bs / size)
@@ -275,13 +276,13 @@ class _Loop:
             self._advance_schedule(self.progress(epoch, within))
             if self.exhausted():
                 break
+        if len(self.queue) and not self.steps_spent():  # the epoch's last kept samples, as a smaller batch
+            self.step(self.queue)  # (Selective-Backprop's reference flushes its queue at the end of every epoch)
+        self.queue = self.queue[:0]
         return selection_s
 
-    def flush(self) -> None:
-        """Backpropagate what is still queued at the end of an epochs budget (the reference's final batch)."""
-        if len(self.queue) and self.budget.unit == "epochs":
-            self.step(self.queue)
-            self.queue = self.queue[:0]
+    def steps_spent(self) -> bool:
+        return self.budget.unit == "steps" and self.out.steps >= self.budget.amount
 
 
 def train(model: nn.Module, data: Dataset, selection: Selection, cfg: DictConfig, seed: int,
@@ -305,18 +306,20 @@ def train(model: nn.Module, data: Dataset, selection: Selection, cfg: DictConfig
     epoch = 0
     while True:
         epoch += 1
-        backpropagated = out.samples_backpropagated
+        backpropagated, steps = out.samples_backpropagated, out.steps
         selection_s = loop.run_epoch(epoch)
+        if loop.budget.unit == "steps" and out.steps == steps:  # else the loop would never end
+            raise RuntimeError(f"epoch {epoch} made no optimizer step (a dynamic stage kept no sample; non-finite "
+                               f"losses?): trainer.steps={loop.budget.amount} cannot be reached")
         last = loop.exhausted() or (loop.budget.unit == "epochs" and epoch >= loop.budget.amount)
-        if last:
-            loop.flush()
         out.epochs = epoch
         out.dynamic_selection_s += selection_s
         out.epoch_selection_s.append((epoch, selection_s))
         out.epoch_selected_fraction.append((epoch, (out.samples_backpropagated - backpropagated) / loop.n_train))
         if on_epoch_end is not None:
             on_epoch_end(epoch, model)
-        out.train_loss.append((epoch, workers.sum(loop.loss_sum).item() / max(loop.loss_batches, 1)))
+        mean_loss = workers.sum(loop.loss_sum).item() / loop.loss_batches if loop.loss_batches else math.nan
+        out.train_loss.append((epoch, mean_loss))
         loop.loss_sum, loop.loss_batches = torch.zeros((), device=device), 0
         if epoch % cfg.eval_every_epochs == 0 or last:
             start = time.perf_counter()

@@ -17,7 +17,7 @@ from harness.build import build_dataset, build_model
 from harness.config import config_hash, effective_fraction, validate
 from harness.data.corrupt import add_label_noise
 from harness.ddp import train_ddp
-from harness.flops import step_flops
+from harness.flops import forward_flops, step_flops
 from harness.launch_context import launch_tags
 from harness.meters import Meter, cost_figures
 from harness.numerics import Numerics
@@ -112,6 +112,7 @@ def run_trial(cfg: DictConfig, replay: Numerics | None = None) -> TrialResult:
         first = torch.from_numpy(data.x_train[selection.indices[: cfg.trainer.batch_size]]).to(device)
         flops_per_step = step_flops(model.to(device), first, torch.from_numpy(
             data.y_train[selection.indices[: cfg.trainer.batch_size]]).to(device))
+        flops_per_forward_sample = forward_flops(model, first) / len(first)
         before_train = meter.totals()  # what the anytime curve starts from: data, probe and selection
         dynamic = strategy.dynamic
         if dynamic is not None:
@@ -144,7 +145,9 @@ def run_trial(cfg: DictConfig, replay: Numerics | None = None) -> TrialResult:
             **(totals := meter.totals()),
             **cost_figures(totals, meter.n_gpus, cfg.cost.co2e_g_per_kwh, cfg.cost.usd_per_gpu_hour,
                            cfg.cost.usd_per_cpu_core_hour),
-            "train_flops": float(flops_per_step * outcome.steps),
+            # steps x (forward + backward), plus forward-only passes (Selective-Backprop's selection forwards)
+            "train_flops": float(flops_per_step * outcome.steps + flops_per_forward_sample
+                                 * (outcome.samples_forwarded - outcome.samples_backpropagated)),
             "tta_s": outcome.tta_s,
             "tta_steps": outcome.tta_steps,
             "tta_energy_j": outcome.tta_energy_j,

@@ -127,7 +127,9 @@ class RS2(DynamicBase):
 
     def __init__(self, replacement: bool = False, select_every: int = 1) -> None:
         super().__init__(select_every)
-        self.replacement = bool(replacement)
+        if not isinstance(replacement, bool):
+            raise SelectionError(f"replacement={replacement}: expected true or false")
+        self.replacement = replacement
         self._pass = np.empty(0, dtype=np.int64)  # without replacement: this pass's permutation
         self._round = 0  # rounds of this pass already drawn
 
@@ -190,7 +192,8 @@ class SelectiveBackprop(DynamicBase):
     percentile being the share of the last `history` losses (this batch's included) strictly below its loss. The
     first epoch backpropagates everything and leaves the history empty (the reference "primes" on one epoch).
     Kept samples queue up; the loop backpropagates each full batch of them, unweighted (the reference's
-    `SamplingBackpropper`). Defaults: beta 3 and history 1024, the reference's.
+    `SamplingBackpropper`), and what is left at the end of an epoch as one smaller batch (the reference's final
+    batch). Defaults: beta 3 and history 1024, the reference's.
     """
 
     per_batch = True

@@ -18,14 +18,16 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from harness.build import build_model
+from harness.build import build_model, build_strategy
 from harness.config import TrainerConfig
 from harness.data.base import make_dataset
 from harness.data.sources import Digits
+from harness.errors import UserError
 from harness.parallel import Distributed, Local, shard
 from harness.seeding import numpy_rng
 from harness.train import _Loop, train
 from strategies import Selection
+from strategies.base import SelectionError
 from strategies.dynamic import RS2, EpochContext, InfoBatch, SelectiveBackprop
 
 CPU = torch.device("cpu")
@@ -382,12 +384,15 @@ def test_selective_backprop_in_training_forwards_everything_and_backpropagates_w
     out = fit(stage, compose_cfg, n, epochs=epochs)
     kept = sum(int(keep.sum()) for *_, keep in stage.masks)
     assert out.samples_seen == epochs * n
-    assert out.samples_backpropagated == kept < out.samples_seen  # the last partial batch is flushed at the end
+    assert out.samples_backpropagated == kept < out.samples_seen  # each epoch's last partial batch is flushed
     assert out.samples_forwarded == out.samples_seen + out.samples_backpropagated  # kept ones go forward twice
     assert all(keep.all() for epoch, _, keep in stage.masks if epoch == 1)  # the priming epoch keeps everything
-    # kept samples wait for a full batch: epoch 1 backpropagates its full batches, the rest carries over
+    # kept samples wait for a full batch; what is left at the end of an epoch goes as one smaller batch (the
+    # reference's final batch), so each epoch backpropagates exactly what it kept
     fractions = [f for _, f in out.epoch_selected_fraction]
-    assert fractions[0] == (n // 64) * 64 / n and all(f < fractions[0] for f in fractions[1:])
+    assert fractions[0] == 1.0 and all(f < 1.0 for f in fractions[1:])
+    for epoch, f in out.epoch_selected_fraction:
+        assert f == sum(int(keep.sum()) for e, _, keep in stage.masks if e == epoch) / n
     assert sum(fractions) == pytest.approx(kept / n)
     # each mask equals the reference on the losses the loop forwarded, with the harness's seeded stream
     batches = [(epoch, losses.astype(np.float64)) for epoch, losses, _ in stage.masks]
@@ -404,6 +409,28 @@ def test_a_samples_budget_stops_within_one_batch_of_it(name, compose_cfg):
     budget = 1000  # 2.5 epochs of 400, not a multiple of the batch
     out = fit(stage, compose_cfg, 400, epoch_target=200, epochs=None, samples=budget)
     assert budget <= out.samples_seen < budget + 64, out.samples_seen
+
+
+def test_selective_backprop_under_a_samples_budget_backpropagates_everything_it_kept(compose_cfg):
+    # the budget is reached in the middle of a batch's selection: its kept samples and the queue still train
+    stage = recording(SelectiveBackprop)(beta=1.0)
+    out = fit(stage, compose_cfg, 400, epochs=None, samples=1000)
+    assert out.samples_backpropagated == sum(int(keep.sum()) for *_, keep in stage.masks)
+
+
+class KeepsNothing(SelectiveBackprop):
+    def filter_batch(self, losses, epoch, rng):
+        return np.zeros(len(losses), dtype=bool)  # what non-finite losses make Selective-Backprop do
+
+
+def test_a_steps_budget_no_epoch_can_advance_fails_instead_of_looping_forever(compose_cfg):
+    with pytest.raises(RuntimeError, match=r"epoch 1 made no optimizer step.*trainer.steps=23 cannot be reached"):
+        fit(KeepsNothing(), compose_cfg, 400, epochs=None, steps=23)
+
+
+def test_an_epoch_without_a_step_logs_no_training_loss(compose_cfg):
+    out = fit(KeepsNothing(), compose_cfg, 400, epochs=2)
+    assert out.steps == 0 and all(math.isnan(loss) for _, loss in out.train_loss)
 
 
 @pytest.mark.parametrize("name", ["infobatch", "selective_backprop"])
@@ -457,3 +484,17 @@ def test_data_parallel_ranks_plan_and_filter_identically(tmp_path):
             assert np.array_equal(a, b)
         assert other["infobatch"]["backpropagated"] == ib["backpropagated"]
         assert other["selective_backprop"]["backpropagated"] == sb["backpropagated"]
+
+
+# -- configuration errors that need no training ----------------------------------------------------------------------
+
+def test_rs2_replacement_must_be_a_boolean():
+    # a quoted 'false' in a pipeline mapping is a string: bool('false') would silently mean with replacement
+    with pytest.raises(SelectionError, match=r"replacement=false: expected true or false"):
+        RS2(replacement="false")
+
+
+def test_two_dynamic_stages_name_the_second_one(compose_cfg):
+    cfg = compose_cfg("strategy=pipeline", "strategy.pipeline=[rs2,infobatch]", "strategy.fraction=0.5")
+    with pytest.raises(UserError, match=r"strategy.pipeline\[1\]=infobatch: a second dynamic stage after rs2"):
+        build_strategy(cfg)

@@ -108,6 +108,8 @@ def test_counts_decided_from_losses_get_the_gpu_tolerance_only_for_dynamic_runs(
     assert within("samples_seen", 40000, 40100, gpu=True, dynamic=True)
     assert not within("steps", 6000, 6001, gpu=False, dynamic=True)
     assert not within("n_selected", 4000, 4001, gpu=True, dynamic=True)
+    assert not within("samples_seen", 40000, 40100, gpu=True)  # a static selection fixes them exactly
+    assert within("epochs", 26, 27, gpu=True, dynamic=True)  # a steps budget: epochs follow the plans
 
 
 def test_unknown_run_is_one_line_and_exit_2(store, capsys):
