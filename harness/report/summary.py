@@ -23,6 +23,9 @@ REFERENCE = "random"  # default strategy tag every other strategy is paired agai
 # stage (data, probe, selection, training, evaluation), so a strategy's own cost is never left out.
 COSTS = ("total_s", "data_s", "probe_s", "selection_s", "dynamic_selection_s", "train_s", "eval_s", "total_energy_j",
          "gpu_hours", "cpu_core_hours", "energy_kwh", "co2e_g", "cost_usd", "tta_s")
+# What each group spent of its budget (means; in summary.csv, not the display tables): a strategy that skips samples
+# shows here how many it forwarded and backpropagated.
+BUDGET = ("steps", "epochs", "samples_seen", "samples_backpropagated", "train_flops")
 # The cost a speedup and a saving are computed from, each against the full baseline's mean.
 SAVINGS = {"time": "total_s", "energy": "total_energy_j", "gpu_hours": "gpu_hours"}
 PARETO_COST = "total_s"
@@ -73,14 +76,14 @@ def summarise(runs: pd.DataFrame, experiment: str = "", by: Sequence[str] = (), 
         row["seeds"] = " ".join(str(s) for s in g["seed"])
         row["accuracy"] = float(acc.mean()) if len(acc) and not np.isnan(acc).any() else float("nan")
         row["accuracy_lo"], row["accuracy_hi"] = bootstrap_mean_ci(acc) if not np.isnan(acc).any() else (np.nan,) * 2
-        for m in COSTS:
+        for m in (*COSTS, *BUDGET):
             row[m] = _group_mean(g[m]) if m in g else float("nan")
         row["_acc_by_seed"] = dict(zip(g["seed"].astype(int), acc))
         rows.append(row)
     summary = pd.DataFrame(rows)
     if summary.empty:
         summary = pd.DataFrame(columns=[*keys, "n", "seeds", "accuracy", "accuracy_lo", "accuracy_hi", *COSTS,
-                                        "_acc_by_seed"])
+                                        *BUDGET, "_acc_by_seed"])
     _add_baseline(summary, list(panel), baseline)
     _add_paired(summary, list(panel), reference)
     _add_pareto(summary, list(panel))
