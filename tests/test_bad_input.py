@@ -138,7 +138,8 @@ SLOW = {"fraction-0", "betas-out-of-range", "unknown-optimizer-arg", "unknown-sc
         "negative-model-width", "probe-model-misfit", "cifar-not-there", "semdedup-eps", "pipeline-unknown-stage",
         "dedup-cannot-cut", "pipeline-cannot-cut", "curriculum-pacing", "sweep-bad-value", "npz-missing-array",
         "npz-not-a-zip", "npz-negative-labels", "npz-float-labels", "npz-empty", "npz-feature-shapes-differ",
-        "infobatch-prune-ratio-0", "rs2-select-every-0", "pipeline-dynamic-first"}
+        "infobatch-prune-ratio-0", "rs2-select-every-0", "pipeline-dynamic-first", "npz-rows-differ",
+        "samples-and-epochs"}
 PARAMS = [pytest.param(case, id=name, marks=[pytest.mark.slow] if name in SLOW else []) for name, case in CASES.items()]
 
 

@@ -466,6 +466,7 @@ def _rank_main(rank: int, world: int, store: str, out_dir: str) -> None:
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow  # spawns two gloo processes (~4 s)
 def test_data_parallel_ranks_plan_and_filter_identically(tmp_path):
     """Two gloo ranks (batches of 31 and 203 samples: uneven shards) gather the per-sample losses, so each plans
     the same epochs and keeps the same samples of each batch."""

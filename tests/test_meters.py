@@ -326,6 +326,7 @@ def test_bad_cost_and_target_values_are_refused(overrides, message, compose_cfg)
         validate(cfg, check_files=False)
 
 
+@pytest.mark.slow  # a real CLI trial (~8 s)
 def test_a_real_trial_adds_up_and_stops_at_its_target(store, cache_dir):
     res = run_cli("dataset=digits", "trainer.epochs=2", "trainer.target_accuracy=0.5", "trainer.stop_at_target=true",
                   f"tracking.uri={store}", f"cache_dir={cache_dir}")

@@ -164,7 +164,7 @@ def test_paired_comparison_against_random_by_seed(report):
     assert pd.isna(row(report, strategy="random")["vs_reference_significant"])
 
 
-@pytest.mark.parametrize("n", [3, 7, 20])
+@pytest.mark.parametrize("n", [3, 7, pytest.param(20, marks=pytest.mark.slow)])  # 2^20 sign patterns: ~6 s
 def test_sign_flip_p_matches_enumeration(n):
     d = np.random.default_rng(n).normal(0.3, 1, n)
     if n <= 16:

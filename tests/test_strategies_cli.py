@@ -37,6 +37,7 @@ def test_sweep_shares_one_probe_and_costs_it(store, cache_dir, tmp_path):
     assert p["metrics.stage2_semdedup_s"] > 0
 
 
+@pytest.mark.slow  # a CLI trial that computes signals (~10 s)
 def test_more_clusters_than_samples_fails_before_training(store, cache_dir):
     res = run_cli("strategy=semdedup", "strategy.embedding=raw", "strategy.n_clusters=5000", "trainer.epochs=1",
                   f"tracking.uri={store}", f"cache_dir={cache_dir}")
