@@ -20,7 +20,7 @@ Every arm trains for the same samples budget, `trainer.samples=N trainer.epochs=
   planning itself, as the loop times it;
 - selective_backprop: forwards every sample seen in an extra no-grad pass, then backpropagates a share of
   them; that extra forward is the method, not overhead. Reported: `dynamic_selection_s / train_s` (the per-batch
-  filter, as the loop times it: `losses.cpu().numpy()` and `filter_batch`) and, for information only, its
+  filter, as the loop times it: `filter_batch` alone, after the losses reach the host) and, for information, its
   time per sample seen against static.
 
 train_s is the harness's own: train() wall time minus the evaluation inside it (TrainOutcome.eval_train_s at
