@@ -8,6 +8,7 @@ trained model, its buffers (BatchNorm statistics) and the random streams are unt
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -15,19 +16,21 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 
-def step_flops(model: nn.Module, x_batch: torch.Tensor, y_batch: torch.Tensor) -> int:
-    """FLOPs of forward + cross-entropy + backward of `model` on one batch."""
-    probe = copy.deepcopy(model).train()
+def _counted(model: nn.Module, x_batch: torch.Tensor, training: bool, work: Callable[[nn.Module], object]) -> int:
+    """FLOPs of `work(copy of model)`, the copy in train or eval mode, under a forked RNG."""
+    probe = copy.deepcopy(model).train(training)
     devices = [x_batch.device] if x_batch.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), FlopCounterMode(display=False) as counter:
-        F.cross_entropy(probe(x_batch).float(), y_batch).backward()
+        work(probe)
     return int(counter.get_total_flops())
 
 
+def step_flops(model: nn.Module, x_batch: torch.Tensor, y_batch: torch.Tensor) -> int:
+    """FLOPs of forward + cross-entropy + backward of `model` on one batch."""
+    return _counted(model, x_batch, True, lambda m: F.cross_entropy(m(x_batch).float(), y_batch).backward())
+
+
+@torch.no_grad()
 def forward_flops(model: nn.Module, x_batch: torch.Tensor) -> int:
     """FLOPs of a forward pass of `model` on one batch, without gradient (Selective-Backprop's selection pass)."""
-    probe = copy.deepcopy(model).eval()
-    devices = [x_batch.device] if x_batch.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad(), FlopCounterMode(display=False) as counter:
-        probe(x_batch)
-    return int(counter.get_total_flops())
+    return _counted(model, x_batch, False, lambda m: m(x_batch))

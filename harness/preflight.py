@@ -7,12 +7,14 @@ Errors come out as one line: `winnow: error: <key>=<value>: <what was expected>`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from harness.config import register_schemas, validate
@@ -23,6 +25,14 @@ _HYDRA_FLAGS_WITHOUT_JOB = ("--help", "-h", "--hydra-help", "--version", "--cfg"
                             "--shell-completion", "-sc", "--resolve", "--package", "-p")
 # Hydra's run modes, short and long: it takes one per command and answers two with a traceback.
 _MODES = {"-r": "--run", "-m": "--multirun", "-c": "--cfg", "-i": "--info", "-sc": "--shell-completion"}
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """conf/ composed with `overrides` as `python -m harness.run` composes one job, without running it (tests and
+    benchmarks build trials from it)."""
+    register_schemas()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
 
 
 def _one_line(e: Exception) -> str:

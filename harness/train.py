@@ -84,13 +84,6 @@ class Budget:
                 "samples": math.ceil(self.amount / batch_size)}[self.unit]
 
 
-def budget_steps(n_samples: int, batch_size: int, epochs: int | None, steps: int | None) -> int:
-    """Total optimizer steps of static training: `steps` when given, else `epochs` passes over the samples."""
-    if steps is not None:
-        return steps
-    return epochs * math.ceil(n_samples / batch_size)
-
-
 def resolve_device(name: str) -> torch.device:
     """`auto` means the first visible CUDA device when there is one, else the CPU."""
     if name == "auto":
@@ -136,7 +129,7 @@ class _Loop:
                  workers: Local) -> None:
         if dynamic is not None and selection.order is not None:
             raise ValueError("a dynamic stage cannot follow a curriculum (an order over the samples)")
-        self.cfg, self.device, self.dynamic, self.workers = cfg, device, dynamic, workers
+        self.device, self.dynamic, self.workers = device, dynamic, workers
         self.x = torch.from_numpy(data.x_train[selection.indices]).to(device)
         self.y = torch.from_numpy(data.y_train[selection.indices]).to(device)
         self.labels = data.y_train[selection.indices]
@@ -177,8 +170,10 @@ class _Loop:
 
     def exhausted(self) -> bool:
         """Steps or samples budget reached (an epochs budget ends with its last epoch)."""
-        b, out = self.budget, self.out
-        return (b.unit == "steps" and out.steps >= b.amount) or (b.unit == "samples" and out.samples_seen >= b.amount)
+        return self.steps_spent() or (self.budget.unit == "samples" and self.out.samples_seen >= self.budget.amount)
+
+    def steps_spent(self) -> bool:
+        return self.budget.unit == "steps" and self.out.steps >= self.budget.amount
 
     def _advance_schedule(self, progress: float) -> None:
         """Step the lr scheduler to where static training would be at this progress: a dynamic epoch with fewer
@@ -254,7 +249,7 @@ class _Loop:
         if dyn is not None and (epoch - 1) % dyn.select_every == 0:
             selection_s += self.plan_epoch(epoch)
         size = self.n if self.plan is None else len(self.plan)
-        n_batches = math.ceil(size / bs) if self.pacing is None or self.plan is not None else math.ceil(self.n / bs)
+        n_batches = math.ceil(size / bs)  # a curriculum epoch too: ceil(n / batch) batches drawn from its pacing
         for i, batch in enumerate(self.epoch_batches()):
             self.out.samples_seen += len(batch)
             if dyn is not None and dyn.per_batch:
@@ -280,9 +275,6 @@ class _Loop:
             self.step(self.queue)  # (Selective-Backprop's reference flushes its queue at the end of every epoch)
         self.queue = self.queue[:0]
         return selection_s
-
-    def steps_spent(self) -> bool:
-        return self.budget.unit == "steps" and self.out.steps >= self.budget.amount
 
 
 def train(model: nn.Module, data: Dataset, selection: Selection, cfg: DictConfig, seed: int,

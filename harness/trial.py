@@ -117,7 +117,7 @@ def run_trial(cfg: DictConfig, replay: Numerics | None = None) -> TrialResult:
         dynamic = strategy.dynamic
         if dynamic is not None:
             run.tags({"dynamic_stage": strategy.names[-1]})
-        epoch_target = max(1, round(effective_fraction(cfg) * len(data.y_train)))  # samples per epoch (RS2)
+        epoch_target = max(1, round(tags["fraction"] * len(data.y_train)))  # samples per epoch (RS2)
         with meter.stage("train"):
             if cfg.trainer.workers > 1:  # data-parallel on Ray Train; the selection above is shared by all workers
                 outcome = train_ddp(model, data, selection, cfg.trainer, cfg.seed, device, dynamic, epoch_target)

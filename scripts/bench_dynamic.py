@@ -48,8 +48,8 @@ import torch
 from omegaconf import DictConfig
 
 from harness.build import build_dataset, build_model, build_strategy
-from harness.config import effective_fraction, register_schemas
-from harness.preflight import CONF_DIR
+from harness.config import effective_fraction
+from harness.preflight import compose_config
 from harness.seeding import derive_seed
 from harness.select import select
 from harness.train import TrainOutcome, train
@@ -60,13 +60,8 @@ TARGET = 0.02
 
 
 def compose(strategy: str, samples: int, extra: list[str]) -> DictConfig:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return hydra_compose("config", overrides=[
-            f"strategy={strategy}", f"trainer.samples={samples}", "trainer.epochs=null", "trainer.steps=null",
-            "trainer.device=cpu", *extra])
+    return compose_config([f"strategy={strategy}", f"trainer.samples={samples}", "trainer.epochs=null",
+                           "trainer.steps=null", "trainer.device=cpu", *extra])
 
 
 def run_arm(cfg: DictConfig, data, seed: int) -> tuple[float, TrainOutcome]:
@@ -102,7 +97,6 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides for every arm (trainer.eval_every_epochs=5)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    register_schemas()
     cfgs = {arm: compose(STRATEGY.get(arm, arm), args.samples, args.overrides) for arm in ARMS}
     source = build_dataset(cfgs["static"])
     source.prepare(cfgs["static"].cache_dir)

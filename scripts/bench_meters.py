@@ -23,14 +23,9 @@ from harness.meters import Meter, NullMeter
 
 
 def trial(seed: int, store: str, epochs: int, meter_cls: type) -> tuple[float, dict]:
-    from hydra import compose, initialize_config_dir
+    from harness.preflight import compose_config
 
-    from harness.config import register_schemas
-    from harness.preflight import CONF_DIR
-
-    register_schemas()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"seed={seed}", f"tracking.uri={store}", f"trainer.epochs={epochs}"])
+    cfg = compose_config([f"seed={seed}", f"tracking.uri={store}", f"trainer.epochs={epochs}"])
     harness.trial.Meter = meter_cls
     try:
         start = time.perf_counter()

@@ -62,15 +62,10 @@ def harness_loop(data, seed: int) -> tuple[float, float]:
 
 def trial(seed: int, store: str) -> tuple[float, float]:
     """The whole default trial as `python -m harness.run` runs it, MLflow record included."""
-    from hydra import compose, initialize_config_dir
-
-    from harness.config import register_schemas
-    from harness.preflight import CONF_DIR
+    from harness.preflight import compose_config
     from harness.trial import run_trial
 
-    register_schemas()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"seed={seed}", f"tracking.uri={store}"])
+    cfg = compose_config([f"seed={seed}", f"tracking.uri={store}"])
     start = time.perf_counter()
     result = run_trial(cfg)
     return time.perf_counter() - start, result.test_accuracy

@@ -105,13 +105,10 @@ def is_dynamic(stage: object) -> bool:
     return isinstance(stage, DynamicStage)
 
 
-def _fraction(key: str, value: float, hi_inclusive: float | None = None) -> None:
-    hi = hi_inclusive if hi_inclusive is not None else 1.0
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value
-    ok = ok and (value <= hi if hi_inclusive is not None else value < hi)
-    if not ok:
-        bracket = f"(0, {hi_inclusive:g}]" if hi_inclusive is not None else "(0, 1)"
-        raise SelectionError(f"{key}={value}: expected a number in {bracket}")
+def _in_range(key: str, value: float, hi: float) -> None:
+    """`value` is a number in (0, hi]."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= hi:
+        raise SelectionError(f"{key}={value}: expected a number in (0, {hi:g}]")
 
 
 class RS2(DynamicBase):
@@ -160,8 +157,8 @@ class InfoBatch(DynamicBase):
     def __init__(self, prune_ratio: float = 0.5, delta: float = 0.875, select_every: int = 1) -> None:
         super().__init__(select_every)
         # The reference keeps at least 10% of the well-learned samples (keep_ratio >= 0.1).
-        _fraction("prune_ratio", prune_ratio, hi_inclusive=0.9)
-        _fraction("delta", delta, hi_inclusive=1.0)
+        _in_range("prune_ratio", prune_ratio, 0.9)
+        _in_range("delta", delta, 1.0)
         self.prune_ratio, self.delta = float(prune_ratio), float(delta)
 
     def plan_epoch(self, ctx: EpochContext) -> EpochPlan:

@@ -82,15 +82,6 @@ def write_npz(tmp_path: Path):
 @pytest.fixture
 def compose_cfg():
     """`compose_cfg(*overrides) -> DictConfig`: conf/ composed as `python -m harness.run` would, no run."""
-    from hydra import compose, initialize_config_dir
+    from harness.preflight import compose_config
 
-    from harness.config import register_schemas
-    from harness.preflight import CONF_DIR
-
-    register_schemas()
-
-    def compose_with(*overrides: str):
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            return compose("config", overrides=list(overrides))
-
-    return compose_with
+    return lambda *overrides: compose_config(overrides)
