@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     import torch
 
 STRATEGY_DIR = Path(__file__).resolve().parent.parent / "conf" / "strategy"
-# Labels in group configs that are not constructor arguments.
-LABEL_KEYS = ("name", "fraction")
+# Labels in group configs that are not constructor arguments (val_fraction: the harness splits any source's data).
+LABEL_KEYS = ("name", "fraction", "val_fraction")
 
 
 def constructor_args(node: DictConfig) -> DictConfig:
@@ -78,17 +78,18 @@ def _shape(shape: tuple[int, ...]) -> str:
 
 
 def check_model_fits(model_cfg: DictConfig, key: str, dataset: str, sample_shape: tuple[int, ...],
-                     num_classes: int | None) -> None:
+                     num_classes: int | None, output_linear: bool = False) -> None:
     """Build the model on the CPU and run one forward of a zeros batch of 2 samples, so a model that cannot take the
     dataset's samples stops with one line before any compute, not with torch's traceback minutes in.
 
     `key` names the model's config key (model, probe.model), `dataset` the dataset; `num_classes` None: unknown,
-    the output's width is not checked. Raises UserError.
+    the output's width is not checked. `output_linear`: the output must come from a torch.nn.Linear (the
+    gradient-matching strategies use its closed-form gradient). Raises UserError.
     """
     import torch
 
-    memo = json.dumps([OmegaConf.to_container(model_cfg, resolve=True), list(sample_shape), num_classes],
-                      sort_keys=True, default=str)
+    memo = json.dumps([OmegaConf.to_container(model_cfg, resolve=True), list(sample_shape), num_classes,
+                       output_linear], sort_keys=True, default=str)
     if memo in _FITTED:
         return
     label = f"{key}={model_cfg.get('name', model_cfg._target_)}"
@@ -108,6 +109,10 @@ def check_model_fits(model_cfg: DictConfig, key: str, dataset: str, sample_shape
         except Exception as e:
             raise UserError(f"{label} does not fit dataset={dataset}: the model expects another input than samples "
                             f"of shape {_shape(sample_shape)} ({first_line(e)})") from None
+        if output_linear:
+            from harness.last_layer import output_layer
+
+            output_layer(model, torch.zeros((2, *sample_shape)))
     if not isinstance(out, torch.Tensor) or out.ndim < 1 or out.shape[0] != 2:
         what = f"shape {_shape(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
         raise UserError(f"{label} returns {what} for a batch of 2 samples of dataset={dataset}; expected one row "

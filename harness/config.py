@@ -17,6 +17,7 @@ from hydra.utils import get_method
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from harness.build import build_dataset, build_optimizer, build_scheduler, build_strategy, check_model_fits
+from harness.data.validation import check_val_fraction
 from harness.errors import UserError, first_line
 from harness.signals import PROBE_SIGNALS
 from harness.train import BUDGET_UNITS
@@ -142,6 +143,8 @@ def config_hash(cfg: DictConfig) -> str:
         d.pop(k, None)
     if isinstance(d.get("trainer"), dict) and d["trainer"].get("samples") is None:
         d["trainer"].pop("samples", None)  # added later: unset, it leaves earlier runs' hashes as they were
+    if isinstance(d.get("dataset"), dict) and d["dataset"].get("val_fraction") is None:
+        d["dataset"].pop("val_fraction", None)  # likewise
     strategy = d.get("strategy")
     if isinstance(strategy, dict) and "_target_" in strategy:
         if "fraction" in strategy:
@@ -237,7 +240,8 @@ def _check_models_fit(cfg: DictConfig, source: Any, pipeline: Pipeline, check_fi
     dataset = cfg.dataset.get("name", cfg.dataset._target_)
     if cfg.dataset.get("path"):  # a user's file: its name says more than the source's
         dataset = f"{dataset} ({cfg.dataset.path})"
-    check_model_fits(cfg.model, "model", dataset, shape, num_classes)
+    check_model_fits(cfg.model, "model", dataset, shape, num_classes,
+                     output_linear=getattr(pipeline.dynamic, "uses_last_layer", False))
     if cfg.probe.model is not None and pipeline.needs & set(PROBE_SIGNALS):
         check_model_fits(cfg.probe.model, "probe.model", dataset, shape, num_classes)
 
@@ -275,6 +279,7 @@ def validate(cfg: DictConfig, check_files: bool = True, check_device: bool = Fal
         if t.get(unit) is not None:
             _positive_int(f"trainer.{unit}", t[unit])
     _positive_int("trainer.batch_size", t.batch_size)
+    check_val_fraction(cfg.dataset.get("val_fraction"))
     noise = cfg.corruption.label_noise
     if not 0 <= noise < 1:
         raise UserError(f"corruption.label_noise={noise}: expected a number in [0, 1)")
@@ -307,6 +312,11 @@ def validate(cfg: DictConfig, check_files: bool = True, check_device: bool = Fal
 
     _check_optimizer(t)
     pipeline = build_strategy(cfg)
+    dynamic = pipeline.dynamic
+    if getattr(dynamic, "needs_validation", False) and cfg.dataset.get("val_fraction") is None:
+        name = pipeline.names[-1]
+        raise UserError(f"strategy={name} selects against a validation split; expected dataset.val_fraction in "
+                        "(0, 0.5]")
     source = build_dataset(cfg)
     if check_files:
         source.check()

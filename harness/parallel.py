@@ -27,7 +27,8 @@ class Local:
         return positions
 
     def gather(self, values: torch.Tensor, batch: int) -> torch.Tensor:  # noqa: ARG002 (same signature as below)
-        """Every rank's `values` for one global batch of `batch` samples, in batch order."""
+        """Every rank's `values` (one row per sample of its shard) for one global batch of `batch` samples, in
+        batch order."""
         return values
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
@@ -54,7 +55,7 @@ class Distributed(Local):
     def gather(self, values: torch.Tensor, batch: int) -> torch.Tensor:
         # tensor_split shards differ in size by at most one: pad to the largest for all_gather, then trim
         sizes = [len(s) for s in torch.arange(batch).tensor_split(self.world)]
-        padded = torch.zeros(max(sizes), dtype=values.dtype, device=values.device)
+        padded = torch.zeros((max(sizes), *values.shape[1:]), dtype=values.dtype, device=values.device)
         padded[: len(values)] = values
         parts = [torch.empty_like(padded) for _ in range(self.world)]
         torch.distributed.all_gather(parts, padded)

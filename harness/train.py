@@ -24,6 +24,7 @@ from torch import nn
 
 from harness.build import build_optimizer, build_scheduler
 from harness.data import Dataset
+from harness.last_layer import snapshot
 from harness.parallel import Local
 from harness.seeding import numpy_rng, torch_generator
 from strategies import Selection
@@ -58,6 +59,10 @@ class TrainOutcome:
     dynamic_selection_s: float = 0.0  # inside the loop: planning epochs and filtering batches (a dynamic stage)
     epoch_selected_fraction: list[tuple[int, float]] = field(default_factory=list)  # backpropagated / training set
     epoch_selection_s: list[tuple[int, float]] = field(default_factory=list)
+    # Each selection round (a `plan_epoch` call, every select_every epochs): its seconds, last-layer forward
+    # included, and the samples it planned; keyed by the epoch it starts.
+    round_selection_s: list[tuple[int, float]] = field(default_factory=list)
+    round_selected: list[tuple[int, float]] = field(default_factory=list)
     # At each evaluation: training time since train() began, evaluation excluded, and the meter's energy over it.
     eval_train_s: list[tuple[int, float]] = field(default_factory=list)
     eval_train_energy_j: list[tuple[int, float]] = field(default_factory=list)
@@ -155,8 +160,14 @@ class _Loop:
         self.gen = torch_generator(seed, "data_order", device)
         self.rng = numpy_rng(seed, "dynamic_selection")
         record = dynamic is not None and dynamic.uses_losses
+        # the gradient-matching stages forward the pool (and the validation split) at each round
+        self.last_layer = dynamic is not None and getattr(dynamic, "uses_last_layer", False)
+        self.x_val = self.y_val = None
+        if self.last_layer and data.x_val is not None:
+            self.x_val, self.y_val = torch.from_numpy(data.x_val).to(device), torch.from_numpy(data.y_val).to(device)
         self.losses = torch.full((self.n,), math.nan, device=device) if record else None
         self.plan: torch.Tensor | None = None  # the current epoch plan's positions (None: every sample)
+        self.per_batch_mean = False  # the plan's weights normalised per batch (EpochPlan.per_batch_mean)
         self.queue = torch.empty(0, dtype=torch.int64, device=device)  # forwarded, kept, not yet backpropagated
         self.out = TrainOutcome(steps=0, epochs=0, final_test_accuracy=float("nan"))
         self.loss_sum, self.loss_batches = torch.zeros((), device=device), 0
@@ -198,8 +209,13 @@ class _Loop:
         if self.w is not None:
             losses = losses * self.w[mine]
         # sum x world / global batch: DDP's mean over ranks is then the whole batch's mean loss gradient (one
-        # process: the mean itself, one op instead of three)
-        loss = losses.mean() if workers.world == 1 else losses.sum() * (workers.world / len(batch))
+        # process: the mean itself, one op instead of three); per_batch_mean: the batch's weighted mean
+        if self.per_batch_mean and self.w is not None:
+            loss = losses.sum() * (workers.world / self.w[batch].sum())
+        elif workers.world == 1:
+            loss = losses.mean()
+        else:
+            loss = losses.sum() * (workers.world / len(batch))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -222,23 +238,38 @@ class _Loop:
 
     # -- one epoch ------------------------------------------------------------------------------------------
     def plan_epoch(self, epoch: int) -> float:
-        """Ask the dynamic stage for this epoch's samples and weights; returns the seconds it took."""
+        """Ask the dynamic stage for this epoch's samples and weights (a selection round); returns the seconds it
+        took, the last-layer forward included, and records the round."""
         start = time.perf_counter()
         losses = self.losses.cpu().numpy() if self.losses is not None else np.full(self.n, np.nan, np.float32)
+        memo: list = []
+
+        def last_layer():  # the forward only when the stage asks for it (not in a random or warm-start round)
+            if not memo:
+                memo.append(snapshot(self.model, self.x, self.y, self.x_val, self.y_val, self.workers, amp=self.amp))
+            return memo[0]
+
         ctx = EpochContext(epoch, self.progress(epoch, 0.0), losses, self.labels, min(self.epoch_target, self.n),
-                           self.rng)
+                           self.rng, self.budget.unit, self.budget.amount, self.batch_size,
+                           last_layer if self.last_layer else None)
         plan = self.dynamic.plan_epoch(ctx)
         self.plan = torch.as_tensor(plan.positions, device=self.device)
+        self.per_batch_mean = plan.per_batch_mean
         self.w = self.static_w
         if plan.weights is not None and not np.all(plan.weights == 1):  # all ones (annealed): no multiply per step
             self.w = self.static_w.clone() if self.static_w is not None else torch.ones(self.n, device=self.device)
             self.w[self.plan] *= torch.as_tensor(plan.weights, dtype=torch.float32, device=self.device)
-        return time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        self.out.round_selection_s.append((epoch, seconds))
+        self.out.round_selected.append((epoch, float(len(plan.positions))))
+        return seconds
 
     def epoch_batches(self) -> Iterator[torch.Tensor]:
         if self.plan is None:
             return _batches(self.n, self.batch_size, self.order, self.pacing, self.out.steps, self.nominal_steps,
                             self.gen, self.device)
+        if len(self.plan) == 0:  # a skipped epoch (CORDS's warm start): split() would yield one empty batch
+            return iter(())
         return iter(self.plan[torch.randperm(len(self.plan), generator=self.gen, device=self.device)]
                     .split(self.batch_size))
 
@@ -246,7 +277,7 @@ class _Loop:
         """Train one epoch; returns the seconds spent selecting inside it."""
         dyn, bs = self.dynamic, self.batch_size
         selection_s = 0.0
-        if dyn is not None and (epoch - 1) % dyn.select_every == 0:
+        if dyn is not None and (epoch == 1 or dyn.due(epoch, self.progress(epoch, 0.0))):
             selection_s += self.plan_epoch(epoch)
         size = self.n if self.plan is None else len(self.plan)
         n_batches = math.ceil(size / bs)  # a curriculum epoch too: ceil(n / batch) batches drawn from its pacing

@@ -16,6 +16,7 @@ from harness import manifest
 from harness.build import build_dataset, build_model
 from harness.config import config_hash, effective_fraction, validate
 from harness.data.corrupt import add_label_noise
+from harness.data.validation import split_validation
 from harness.ddp import train_ddp
 from harness.flops import forward_flops, step_flops
 from harness.launch_context import launch_tags
@@ -98,8 +99,13 @@ def run_trial(cfg: DictConfig, replay: Numerics | None = None) -> TrialResult:
         if source.prepare(cfg.cache_dir):
             run.metrics({"dataset_prepare_s": time.perf_counter() - start})
         with meter.stage("data"):
-            data = add_label_noise(source.load(cfg.cache_dir), cfg.corruption.label_noise, cfg.seed)
+            # validation rows first, then noise on the training rows only: the held-out set stays clean
+            data = split_validation(source.load(cfg.cache_dir), cfg.dataset.get("val_fraction"), cfg.seed)
+            data = add_label_noise(data, cfg.corruption.label_noise, cfg.seed)
         run.tags({"dataset_fingerprint": data.fingerprint, **numerics.tags()})
+        if data.val_indices is not None:  # rows of the original training set held out; x_train is the rest
+            run.metrics({"n_val": len(data.val_indices)})
+            run.artifact_array("val_indices.npy", data.val_indices)
 
         selection = run_selection(cfg, strategy, data, device, meter, run)
         if data.noisy is not None:  # how many corrupted labels the strategy let through
@@ -156,6 +162,7 @@ def run_trial(cfg: DictConfig, replay: Numerics | None = None) -> TrialResult:
         run.tags(meter.tags())
         run.curves({"epoch_train_loss": outcome.train_loss, "epoch_test_accuracy": outcome.test_accuracy,
                     "epoch_selected_fraction": outcome.epoch_selected_fraction,
-                    "epoch_selection_s": outcome.epoch_selection_s, **anytime_curves(before_train, outcome)})
+                    "epoch_selection_s": outcome.epoch_selection_s, "round_selection_s": outcome.round_selection_s,
+                    "round_selected": outcome.round_selected, **anytime_curves(before_train, outcome)})
         run.metrics(metrics)
         return TrialResult(run.run_id, chash, outcome.final_test_accuracy, len(selection.indices), metrics)

@@ -9,12 +9,34 @@ in, positions and weights out; the generator is the harness's seeded stream.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from strategies.base import BaseStage, Selection, SelectionContext, SelectionError
+
+
+@dataclass(frozen=True)
+class LastLayer:
+    """The current model's output layer (logits = feats @ weight.T + bias) and what it sees, from an eval-mode
+    forward at the start of a selection round: each sample's last-layer cross-entropy gradient is
+    err_i outer [feats_i, 1] (strategies/gradients.py), which CRAIG, GradMatch and GLISTER select from.
+
+    feats:      float32[n, H], the pool samples' inputs to the output layer.
+    err:        float32[n, C], softmax(logits) - onehot(label).
+    weight:     float32[C, H]; bias: float32[C] (zeros when the layer has none).
+    val_feats:  float32[m, H], the validation split's inputs to the output layer (None without `dataset.val_fraction`).
+    val_labels: int64[m].
+    """
+
+    feats: np.ndarray
+    err: np.ndarray
+    weight: np.ndarray
+    bias: np.ndarray
+    val_feats: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -27,6 +49,11 @@ class EpochContext:
     labels:   int64[n], the pool's labels.
     n_target: samples per epoch that `strategy.fraction` asks for (of the original training set), at most n.
     rng:      the stage's seeded generator, the same on every data-parallel rank.
+    budget_unit, budget: the trial's training budget (`epochs`, `steps` or `samples`, and how many).
+    batch_size: the trainer's batch size.
+    last_layer: for a stage with `uses_last_layer`, a call that forwards the pool through the current model and
+              returns its `LastLayer` (computed on the first call only, so a round that does not need it pays
+              nothing; its time is the round's).
     """
 
     epoch: int
@@ -35,6 +62,10 @@ class EpochContext:
     labels: np.ndarray
     n_target: int
     rng: np.random.Generator
+    budget_unit: str = "epochs"
+    budget: int = 1
+    batch_size: int = 1
+    last_layer: Callable[[], LastLayer] | None = None
 
     @property
     def n(self) -> int:
@@ -46,10 +77,13 @@ class EpochPlan:
     """One epoch's samples: sorted positions into the pool, and a loss weight per position (None: all 1).
 
     The loop shuffles the positions into batches; a weight multiplies that sample's loss as given (no
-    renormalisation: InfoBatch's 1/(1-r) keeps the expected gradient equal to the full data's)."""
+    renormalisation: InfoBatch's 1/(1-r) keeps the expected gradient equal to the full data's), or, with
+    `per_batch_mean`, each batch's loss is sum(w * loss) / sum(w) over the batch (CORDS's training loop, for the
+    gradient-matching weights, whose scale is arbitrary). No positions: the epoch is skipped (no step)."""
 
     positions: np.ndarray
     weights: np.ndarray | None = None
+    per_batch_mean: bool = False
 
     def __post_init__(self) -> None:
         pos = np.asarray(self.positions, dtype=np.int64)
@@ -65,13 +99,20 @@ class DynamicStage(Protocol):
     """The training loop's side of a dynamic stage (`DynamicBase` has the defaults).
 
     uses_losses:  the loop records per-sample losses for `EpochContext.losses` (a scatter per step; off otherwise).
+    uses_last_layer: the loop forwards the pool (and the validation split) through the current model before each
+                  `plan_epoch` and passes `EpochContext.last_layer`; that forward is charged to selection.
     per_batch:    the loop calls `filter_batch` on each forwarded batch and backpropagates only what it keeps.
-    select_every: epochs between two calls of `plan_epoch`; in between the last plan is reused.
+    select_every: epochs between two selection rounds.
+    due(epoch, progress): whether the loop calls `plan_epoch` at the start of this epoch (always at epoch 1); in
+                  between the last plan is reused. The default: every `select_every` epochs.
     """
 
     uses_losses: bool
+    uses_last_layer: bool
     per_batch: bool
     select_every: int
+
+    def due(self, epoch: int, progress: float) -> bool: ...
 
     def plan_epoch(self, ctx: EpochContext) -> EpochPlan: ...
 
@@ -84,6 +125,7 @@ class DynamicBase(BaseStage):
     reaches_target = False
     keeps_all = True
     uses_losses = False
+    uses_last_layer = False
     per_batch = False
 
     def __init__(self, select_every: int = 1) -> None:
@@ -93,6 +135,9 @@ class DynamicBase(BaseStage):
 
     def select(self, ctx: SelectionContext) -> Selection:
         return Selection(np.sort(ctx.candidates))
+
+    def due(self, epoch: int, progress: float) -> bool:  # noqa: ARG002 (a schedule may use progress)
+        return (epoch - 1) % self.select_every == 0
 
     def plan_epoch(self, ctx: EpochContext) -> EpochPlan:
         return EpochPlan(np.arange(ctx.n))

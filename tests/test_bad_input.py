@@ -102,6 +102,18 @@ CASES = {
     "pipeline-dynamic-first": Bad(("strategy=pipeline", "strategy.pipeline=[infobatch,el2n]"),
                                   "strategy.pipeline[0]=infobatch: a dynamic stage selects during training and must "
                                   "come last"),
+    # gradient-matching stages (strategies/adaptive.py) and the validation split they select against
+    "craig-select-every-0": Bad(("strategy=craig", "strategy.select_every=0"),
+                                "strategy.select_every=0: expected an integer >= 1"),
+    "gradmatch-lam-negative": Bad(("strategy=gradmatch", "strategy.lam=-0.5"),
+                                  "strategy.lam=-0.5: expected a number >= 0"),
+    "gradmatch-kappa-1": Bad(("strategy=gradmatch_pb", "strategy.kappa=1"),
+                             "strategy.kappa=1: expected a number in [0, 1)"),
+    "val-fraction-0.7": Bad(("dataset.val_fraction=0.7",),
+                            "dataset.val_fraction=0.7: expected a number in (0, 0.5] or null"),
+    "glister-without-validation": Bad(("strategy=glister",),
+                                      "strategy=glister selects against a validation split; expected "
+                                      "dataset.val_fraction in (0, 0.5]"),
     "samples-and-epochs": Bad(("trainer.samples=1000",),
                               "trainer.epochs=150, trainer.samples=1000: the budget is given 2 ways"),
     # sweeps: every job is checked before the first trains
@@ -139,7 +151,7 @@ SLOW = {"fraction-0", "betas-out-of-range", "unknown-optimizer-arg", "unknown-sc
         "dedup-cannot-cut", "pipeline-cannot-cut", "curriculum-pacing", "sweep-bad-value", "npz-missing-array",
         "npz-not-a-zip", "npz-negative-labels", "npz-float-labels", "npz-empty", "npz-feature-shapes-differ",
         "infobatch-prune-ratio-0", "rs2-select-every-0", "pipeline-dynamic-first", "npz-rows-differ",
-        "samples-and-epochs"}
+        "samples-and-epochs", "craig-select-every-0", "gradmatch-kappa-1"}
 PARAMS = [pytest.param(case, id=name, marks=[pytest.mark.slow] if name in SLOW else []) for name, case in CASES.items()]
 
 

@@ -26,6 +26,11 @@ class Dataset:
     # labels stay in y_train_clean so analyses can ask which samples a strategy kept or dropped.
     noisy: np.ndarray | None = None
     y_train_clean: np.ndarray | None = None
+    # Set by `dataset.val_fraction` (harness/data/validation.py): a held-out part of the original training set,
+    # never trained on; `val_indices` are its rows in the original training set (the rest, in order, is x_train).
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+    val_indices: np.ndarray | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -1,0 +1,292 @@
+"""Gradient-matching selection during training, as CORDS (decile-team/cords) runs it: every `select_every` epochs a
+new subset is chosen from a forward of the current model, using each sample's last-layer gradient in closed form
+(strategies/gradients.py), and training runs on it with per-sample weights, each batch's loss being
+sum(w * loss) / sum(w) as in CORDS's training loop.
+
+- `craig` (Mirzasoleiman et al., ICML 2020): per class, facility location on gradient distances (lazy greedy);
+  a chosen sample's weight is the number of class samples it represents.
+- `gradmatch` (Killamsetty et al., ICML 2021): per class, orthogonal matching pursuit with non-negative, L2-
+  regularised weights matching the class's summed training (or validation) gradient; `gradmatch_pb` matches with
+  whole mini-batches as the units.
+- `glister` (Killamsetty et al., AAAI 2021): greedy picks by the Taylor-approximated gain in validation
+  log-likelihood, the validation gradient updated after each pick; unit weights.
+
+The schedule is CORDS's: the first subset is random (there is no trained model to select with yet) and a new one
+is chosen every `select_every` epochs. With warm start (`kappa` > 0) the first ceil(kappa x epochs x fraction)
+epochs train on all data and the epochs up to kappa x epochs are skipped, so the warm start costs what kappa x
+epochs of subset training would; selection then starts at once from the warm model (CORDS keeps a random subset
+until the next multiple of select_every). With a steps or samples budget the warm start is the first kappa of it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from strategies.base import SelectionError
+from strategies.dynamic import DynamicBase, EpochContext, EpochPlan, LastLayer
+from strategies.gradients import (
+    facility_location,
+    glister_greedy,
+    grad_proxies,
+    omp_nonneg,
+    proxy_gram,
+    representation_counts,
+)
+
+
+def _class_rows(labels: np.ndarray) -> dict[int, np.ndarray]:
+    """Each class's positions in the pool."""
+    return {int(c): np.flatnonzero(labels == c) for c in np.unique(labels)}
+
+
+def _parts(rows: np.ndarray, bytes_needed: float, max_bytes: int, exponent: int,
+           rng: np.random.Generator) -> list[np.ndarray]:
+    """`rows` in random parts small enough that each part's work array (bytes growing with the part's size to the
+    power `exponent`) fits `max_bytes`; one part when it fits whole."""
+    p = math.ceil((bytes_needed / max_bytes) ** (1 / exponent))
+    if p <= 1:
+        return [rows]
+    return [np.sort(part) for part in np.array_split(rng.permutation(rows), p)]
+
+
+def _fill(chosen: np.ndarray, weights: np.ndarray, n: int, k: int,
+          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """CORDS's GradMatch tops a short selection up to k with random other samples of weight 1."""
+    short = k - len(chosen)
+    if short <= 0:
+        return chosen, weights
+    rest = np.setdiff1d(np.arange(n), chosen)
+    extra = rng.choice(rest, size=min(short, len(rest)), replace=False)
+    return np.concatenate([chosen, extra]), np.concatenate([weights, np.ones(len(extra))])
+
+
+class GradientRounds(DynamicBase):
+    """The schedule shared by the gradient-matching stages; `choose` is each method's selection round.
+
+    select_every: epochs between two selection rounds (CORDS's default 20).
+    kappa:        warm start, the fraction of the budget spent on all data first (0: none).
+    linear_layer: true: gradients of the last layer's weights and bias (err outer [h, 1]); false: of its bias
+                  only (err), as CORDS's `linear_layer: False`.
+    max_bytes:    the most any per-class work array (gradients, similarities) may take; a larger class is split
+                  into random parts, each selecting its share of the class's budget.
+    """
+
+    reaches_target = True
+    keeps_all = False
+    uses_last_layer = True
+    needs_validation = False
+
+    def __init__(self, select_every: int = 20, kappa: float = 0.0, linear_layer: bool = True,
+                 max_bytes: int = 1 << 30) -> None:
+        super().__init__(select_every)
+        if isinstance(kappa, bool) or not isinstance(kappa, int | float) or not 0 <= kappa < 1:
+            raise SelectionError(f"kappa={kappa}: expected a number in [0, 1)")
+        if not isinstance(linear_layer, bool):
+            raise SelectionError(f"linear_layer={linear_layer}: expected true or false")
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1 << 20:
+            raise SelectionError(f"max_bytes={max_bytes}: expected an integer >= 1048576 (1 MiB)")
+        self.kappa, self.linear_layer, self.max_bytes = float(kappa), linear_layer, max_bytes
+        self._budget: tuple[str, int, float] | None = None  # (unit, amount, subset fraction of the pool)
+        self._phase: str | None = None  # warm | skip | select: the phase of the last round
+        self._select_start = 1  # the epoch of the first selection round
+
+    # -- the schedule ---------------------------------------------------------------------------------------
+    def _phase_at(self, epoch: int, progress: float) -> str:
+        if self.kappa == 0 or self._budget is None:
+            return "select"
+        unit, amount, f = self._budget
+        if unit == "epochs":  # CORDS: ceil(kappa E f) full epochs, then nothing until epoch kappa E
+            if epoch <= math.ceil(self.kappa * amount * f):
+                return "warm"
+            return "skip" if epoch <= int(self.kappa * amount) else "select"
+        return "warm" if progress < self.kappa else "select"
+
+    def due(self, epoch: int, progress: float) -> bool:
+        phase = self._phase_at(epoch, progress)
+        return phase != self._phase or (phase == "select" and (epoch - self._select_start) % self.select_every == 0)
+
+    def plan_epoch(self, ctx: EpochContext) -> EpochPlan:
+        if self._budget is None:
+            self._budget = (ctx.budget_unit, ctx.budget, ctx.n_target / ctx.n)
+        phase, previous = self._phase_at(ctx.epoch, ctx.progress), self._phase
+        self._phase = phase
+        if phase == "warm":
+            return EpochPlan(np.arange(ctx.n))
+        if phase == "skip":
+            return EpochPlan(np.empty(0, dtype=np.int64))
+        if previous != "select":
+            self._select_start = ctx.epoch
+            if previous is None:  # CORDS starts from a random subset: the model has not been trained yet
+                return EpochPlan(np.sort(ctx.rng.choice(ctx.n, size=ctx.n_target, replace=False)))
+        if ctx.last_layer is None:
+            raise SelectionError(f"{type(self).__name__} needs the model's last layer (EpochContext.last_layer)")
+        positions, weights = self.choose(ctx, ctx.last_layer())
+        order = np.argsort(positions)
+        return EpochPlan(positions[order], np.asarray(weights, dtype=np.float64)[order], per_batch_mean=True)
+
+    def choose(self, ctx: EpochContext, last: LastLayer) -> tuple[np.ndarray, np.ndarray]:
+        """One selection round: positions into the pool and their weights."""
+        raise NotImplementedError
+
+    # -- shared pieces --------------------------------------------------------------------------------------
+    def _feats(self, feats: np.ndarray) -> np.ndarray:
+        """The feature side of the proxies: [h] with the weights' gradient; nothing (an empty column set) without."""
+        return feats if self.linear_layer else feats[:, :0]
+
+    def _class_k(self, n_class: int, ctx: EpochContext) -> int:
+        return math.ceil(ctx.n_target * n_class / ctx.n)
+
+
+class Craig(GradientRounds):
+    """CRAIG per class (CORDS's `PerClass`): similarity max(d) - d on squared Euclidean distances d between
+    gradient proxies, lazy greedy facility location for ceil(k n_c / n) samples, weights = samples represented."""
+
+    def choose(self, ctx: EpochContext, last: LastLayer) -> tuple[np.ndarray, np.ndarray]:
+        chosen, weights = [], []
+        for rows in _class_rows(ctx.labels).values():
+            k_class = self._class_k(len(rows), ctx)
+            for part in _parts(rows, 8.0 * len(rows) ** 2, self.max_bytes, 2, ctx.rng):
+                err, feats = last.err[part], self._feats(last.feats[part])
+                gram = proxy_gram(err, feats, err, feats)
+                sq = np.diag(gram).copy()
+                dist = np.maximum(sq[:, None] + sq[None, :] - 2 * gram, 0)  # squared distances, rounding clipped
+                del gram
+                sim = dist.max() - dist
+                k = min(len(part), math.ceil(k_class * len(part) / len(rows)))
+                picks, _ = facility_location(sim, k)
+                chosen.append(part[picks])
+                weights.append(representation_counts(sim, picks))
+        return np.concatenate(chosen), np.concatenate(weights)
+
+
+class GradMatch(GradientRounds):
+    """GradMatch per class and per gradient (CORDS's default `PerClassPerGradient`): for class c the atoms are the
+    samples' gradients of the output row c (err[:, c] outer [h, 1]); OMP matches their sum (or, `valid: true`, the
+    class's summed validation gradient) with ceil(k n_c / n) non-negative weights, L2 penalty `lam`; a short
+    selection is topped up with random samples of weight 1.
+
+    lam: the L2 penalty (CORDS: 0.5). eps: OMP stops when residual / target norm falls below it (CORDS: 1e-100,
+    i.e. never early). valid: match the validation gradient (needs `dataset.val_fraction`).
+    """
+
+    def __init__(self, lam: float = 0.5, eps: float = 1e-100, valid: bool = False, **schedule) -> None:
+        super().__init__(**schedule)
+        if isinstance(lam, bool) or not isinstance(lam, int | float) or lam < 0:
+            raise SelectionError(f"lam={lam}: expected a number >= 0")
+        if isinstance(eps, bool) or not isinstance(eps, int | float) or eps < 0:
+            raise SelectionError(f"eps={eps}: expected a number >= 0")
+        if not isinstance(valid, bool):
+            raise SelectionError(f"valid={valid}: expected true or false")
+        self.lam, self.eps, self.valid = float(lam), float(eps), valid
+        self.needs_validation = valid
+
+    def _class_atoms(self, err: np.ndarray, feats: np.ndarray, c: int) -> np.ndarray:
+        """Gradients of output row c: err[:, c] outer [h, 1]."""
+        return grad_proxies(err[:, c : c + 1], self._feats(feats))
+
+    def choose(self, ctx: EpochContext, last: LastLayer) -> tuple[np.ndarray, np.ndarray]:
+        val_err = _val_err(last) if self.valid else None
+        chosen, weights = [], []
+        width = 4.0 * (1 + (last.feats.shape[1] if self.linear_layer else 0))  # bytes per atom
+        for c, rows in _class_rows(ctx.labels).items():
+            k_class = self._class_k(len(rows), ctx)
+            target_all = None
+            if self.valid:
+                vrows = last.val_labels == c
+                target_all = self._class_atoms(val_err[vrows], last.val_feats[vrows], c).sum(0)
+            parts = _parts(rows, width * len(rows), self.max_bytes, 1, ctx.rng)
+            for part in parts:
+                atoms = self._class_atoms(last.err[part], last.feats[part], c)
+                # a part matches its share of the class's validation gradient, or its own training gradient
+                target = target_all * len(part) / len(rows) if target_all is not None else atoms.sum(0)
+                k = min(len(part), math.ceil(k_class * len(part) / len(rows)))
+                picks, w = omp_nonneg(atoms, target, k, self.lam, self.eps)
+                chosen.append(part[picks])
+                weights.append(w)
+        return _fill(np.concatenate(chosen), np.concatenate(weights), ctx.n, ctx.n_target, ctx.rng)
+
+
+class GradMatchPB(GradMatch):
+    """GradMatch per batch (CORDS's `PerBatch`): the units are the pool in consecutive mini-batches of the trainer's
+    batch size (its order, as CORDS's unshuffled loader), each atom the batch's mean gradient (all output rows);
+    OMP picks ceil(k / batch) of them to match the summed gradient, every sample of a batch taking its weight."""
+
+    def __init__(self, lam: float = 0.0, **kwargs) -> None:
+        super().__init__(lam=lam, **kwargs)
+
+    def _batch_atoms(self, err: np.ndarray, feats: np.ndarray, batch: int) -> np.ndarray:
+        """Mean gradient proxy of each consecutive batch, built a few batches at a time within max_bytes."""
+        feats = self._feats(feats)
+        starts = np.arange(0, len(err), batch)
+        dim = err.shape[1] * (feats.shape[1] + 1)
+        per_chunk = max(1, int(self.max_bytes // (4 * dim * batch)))
+        atoms = np.empty((len(starts), dim), dtype=np.float32)
+        for i in range(0, len(starts), per_chunk):
+            for j, s in enumerate(starts[i : i + per_chunk], start=i):
+                atoms[j] = grad_proxies(err[s : s + batch], feats[s : s + batch]).mean(0)
+        return atoms
+
+    def _summed(self, err: np.ndarray, feats: np.ndarray) -> np.ndarray:
+        """The sum of the samples' gradient proxies, built in chunks within max_bytes."""
+        rows = max(1, int(self.max_bytes // (4 * err.shape[1] * (feats.shape[1] + 1))))
+        return sum(grad_proxies(err[s : s + rows], feats[s : s + rows]).sum(0) for s in range(0, len(err), rows))
+
+    def choose(self, ctx: EpochContext, last: LastLayer) -> tuple[np.ndarray, np.ndarray]:
+        atoms = self._batch_atoms(last.err, last.feats, ctx.batch_size)
+        if self.valid:
+            target = self._summed(_val_err(last), self._feats(last.val_feats))
+        else:
+            target = atoms.sum(0)  # CORDS sums the per-batch gradients (means) as the target
+        k = min(len(atoms), math.ceil(ctx.n_target / ctx.batch_size))
+        picks, w = omp_nonneg(atoms, target, k, self.lam, self.eps)
+        rows = [np.arange(b * ctx.batch_size, min(ctx.n, (b + 1) * ctx.batch_size)) for b in picks]
+        chosen = np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
+        weights = np.concatenate([np.full(len(r), wb) for r, wb in zip(rows, w)]) if rows else np.empty(0)
+        return _fill(chosen, weights, ctx.n, ctx.n_target, ctx.rng)
+
+
+class Glister(GradientRounds):
+    """GLISTER-ONLINE over the whole pool (CORDS's `Supervised`): k greedy picks by eta <g_i, g_val>, the validation
+    gradient recomputed for the last layer after each pick; unit weights. Needs `dataset.val_fraction`.
+
+    eta: the step size of the Taylor approximation (CORDS uses the optimizer's learning rate).
+    greedy: `stochastic` (each pick from a random (n/k) log(1/eps) candidates, CORDS's default) or `naive`.
+    """
+
+    needs_validation = True
+
+    def __init__(self, eta: float = 0.01, greedy: str = "stochastic", eps: float = 0.01, **schedule) -> None:
+        super().__init__(**schedule)
+        if isinstance(eta, bool) or not isinstance(eta, int | float) or eta <= 0:
+            raise SelectionError(f"eta={eta}: expected a number > 0")
+        if greedy not in ("stochastic", "naive"):
+            raise SelectionError(f"greedy={greedy}: expected stochastic or naive")
+        if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 < eps < 1:
+            raise SelectionError(f"eps={eps}: expected a number in (0, 1)")
+        self.eta, self.greedy, self.eps = float(eta), greedy, float(eps)
+
+    def choose(self, ctx: EpochContext, last: LastLayer) -> tuple[np.ndarray, np.ndarray]:
+        if last.val_feats is None:
+            raise SelectionError("glister needs a validation split: set dataset.val_fraction in (0, 0.5]")
+        rng = ctx.rng if self.greedy == "stochastic" else None
+        feats, val_feats = last.feats, last.val_feats
+        weight = last.weight
+        if not self.linear_layer:  # the bias alone: no feature part in the gradients or the update
+            feats, val_feats, weight = feats[:, :0], val_feats[:, :0], weight[:, :0]
+        picks, _ = glister_greedy(feats, last.err, val_feats, last.val_labels, weight, last.bias, ctx.n_target,
+                                  self.eta, rng=rng, eps=self.eps)
+        return np.asarray(picks, dtype=np.int64), np.ones(len(picks))
+
+
+def _val_err(last: LastLayer) -> np.ndarray:
+    """softmax - onehot of the validation samples at the current last layer."""
+    if last.val_feats is None:
+        raise SelectionError("valid: true needs a validation split: set dataset.val_fraction in (0, 0.5]")
+    logits = last.val_feats @ last.weight.T + last.bias
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    p[np.arange(len(p)), last.val_labels] -= 1.0
+    return p.astype(np.float32)
+
