@@ -27,6 +27,7 @@ import numpy as np
 from strategies.base import SelectionError
 from strategies.dynamic import DynamicBase, EpochContext, EpochPlan, LastLayer
 from strategies.gradients import (
+    craig_similarity,
     facility_location,
     glister_greedy,
     grad_proxies,
@@ -39,6 +40,24 @@ from strategies.gradients import (
 def _class_rows(labels: np.ndarray) -> dict[int, np.ndarray]:
     """Each class's positions in the pool."""
     return {int(c): np.flatnonzero(labels == c) for c in np.unique(labels)}
+
+
+def _apportion(sizes: list[int], k: int) -> list[int]:
+    """Per-part budgets proportional to `sizes` that sum to exactly k (largest remainders; ties to the first part).
+    CORDS takes ceil(k x size / n) per class, up to one sample per class more than k: with batches of 100 that
+    is one more, smaller step per epoch than the fraction pays for, so Winnow keeps the budget exact."""
+    total = sum(sizes)
+    quotas = [k * s / total for s in sizes]
+    counts = [min(s, math.floor(q)) for s, q in zip(sizes, quotas)]
+    by_remainder = sorted(range(len(sizes)), key=lambda i: (-(quotas[i] - counts[i]), i))
+    short = k - sum(counts)
+    for i in by_remainder:
+        if short == 0:
+            break
+        if counts[i] < sizes[i]:
+            counts[i] += 1
+            short -= 1
+    return counts
 
 
 def _parts(rows: np.ndarray, bytes_needed: float, max_bytes: int, exponent: int,
@@ -135,37 +154,38 @@ class GradientRounds(DynamicBase):
         """The feature side of the proxies: [h] with the weights' gradient; nothing (an empty column set) without."""
         return feats if self.linear_layer else feats[:, :0]
 
-    def _class_k(self, n_class: int, ctx: EpochContext) -> int:
-        return math.ceil(ctx.n_target * n_class / ctx.n)
+    def _units(self, ctx: EpochContext, bytes_per, exponent: int) -> list[tuple[np.ndarray, int]]:
+        """(positions, budget) of each selection unit: the classes, each split into random parts when its work
+        array (`bytes_per(size)` bytes) would exceed max_bytes; budgets proportional to size, summing to n_target.
+        Classes (parts) with a budget of 0 are left out."""
+        classes = list(_class_rows(ctx.labels).items())
+        units: list[tuple[int, np.ndarray, int]] = []
+        for (c, rows), k_class in zip(classes, _apportion([len(r) for _, r in classes], ctx.n_target)):
+            parts = _parts(rows, bytes_per(len(rows)), self.max_bytes, exponent, ctx.rng)
+            units += [(c, part, k) for part, k in zip(parts, _apportion([len(p) for p in parts], k_class))]
+        return [(part, k) for _, part, k in units if k > 0]
 
 
 class Craig(GradientRounds):
     """CRAIG per class (CORDS's `PerClass`): similarity max(d) - d on squared Euclidean distances d between
-    gradient proxies, lazy greedy facility location for ceil(k n_c / n) samples, weights = samples represented."""
+    gradient proxies, lazy greedy facility location for the class's share of k, weights = samples represented."""
 
     def choose(self, ctx: EpochContext, last: LastLayer) -> tuple[np.ndarray, np.ndarray]:
         chosen, weights = [], []
-        for rows in _class_rows(ctx.labels).values():
-            k_class = self._class_k(len(rows), ctx)
-            for part in _parts(rows, 8.0 * len(rows) ** 2, self.max_bytes, 2, ctx.rng):
-                err, feats = last.err[part], self._feats(last.feats[part])
-                gram = proxy_gram(err, feats, err, feats)
-                sq = np.diag(gram).copy()
-                dist = np.maximum(sq[:, None] + sq[None, :] - 2 * gram, 0)  # squared distances, rounding clipped
-                del gram
-                sim = dist.max() - dist
-                k = min(len(part), math.ceil(k_class * len(part) / len(rows)))
-                picks, _ = facility_location(sim, k)
-                chosen.append(part[picks])
-                weights.append(representation_counts(sim, picks))
+        for rows, k in self._units(ctx, bytes_per=lambda m: 8.0 * m**2, exponent=2):
+            err, feats = last.err[rows], self._feats(last.feats[rows])
+            sim = craig_similarity(proxy_gram(err, feats, err, feats))
+            picks, _ = facility_location(sim, k)
+            chosen.append(rows[picks])
+            weights.append(representation_counts(sim, picks))
         return np.concatenate(chosen), np.concatenate(weights)
 
 
 class GradMatch(GradientRounds):
     """GradMatch per class and per gradient (CORDS's default `PerClassPerGradient`): for class c the atoms are the
     samples' gradients of the output row c (err[:, c] outer [h, 1]); OMP matches their sum (or, `valid: true`, the
-    class's summed validation gradient) with ceil(k n_c / n) non-negative weights, L2 penalty `lam`; a short
-    selection is topped up with random samples of weight 1.
+    class's summed validation gradient) with at most the class's share of k non-negative weights, L2 penalty
+    `lam`; a short selection is topped up with random samples of weight 1.
 
     lam: the L2 penalty (CORDS: 0.5). eps: OMP stops when residual / target norm falls below it (CORDS: 1e-100,
     i.e. never early). valid: match the validation gradient (needs `dataset.val_fraction`).
@@ -190,21 +210,17 @@ class GradMatch(GradientRounds):
         val_err = _val_err(last) if self.valid else None
         chosen, weights = [], []
         width = 4.0 * (1 + (last.feats.shape[1] if self.linear_layer else 0))  # bytes per atom
-        for c, rows in _class_rows(ctx.labels).items():
-            k_class = self._class_k(len(rows), ctx)
-            target_all = None
-            if self.valid:
+        for rows, k in self._units(ctx, bytes_per=lambda m: width * m, exponent=1):
+            c = int(ctx.labels[rows[0]])
+            atoms = self._class_atoms(last.err[rows], last.feats[rows], c)
+            target = atoms.sum(0)
+            if val_err is not None:  # the class's summed validation gradient, a part's share of it
                 vrows = last.val_labels == c
-                target_all = self._class_atoms(val_err[vrows], last.val_feats[vrows], c).sum(0)
-            parts = _parts(rows, width * len(rows), self.max_bytes, 1, ctx.rng)
-            for part in parts:
-                atoms = self._class_atoms(last.err[part], last.feats[part], c)
-                # a part matches its share of the class's validation gradient, or its own training gradient
-                target = target_all * len(part) / len(rows) if target_all is not None else atoms.sum(0)
-                k = min(len(part), math.ceil(k_class * len(part) / len(rows)))
-                picks, w = omp_nonneg(atoms, target, k, self.lam, self.eps)
-                chosen.append(part[picks])
-                weights.append(w)
+                n_class = int((ctx.labels == c).sum())
+                target = self._class_atoms(val_err[vrows], last.val_feats[vrows], c).sum(0) * len(rows) / n_class
+            picks, w = omp_nonneg(atoms, target, k, self.lam, self.eps)
+            chosen.append(rows[picks])
+            weights.append(w)
         return _fill(np.concatenate(chosen), np.concatenate(weights), ctx.n, ctx.n_target, ctx.rng)
 
 

@@ -25,7 +25,7 @@ from harness.last_layer import output_layer, snapshot
 from harness.parallel import Local
 from harness.train import _Loop, train
 from strategies import Selection
-from strategies.adaptive import Craig, Glister, GradientRounds, GradMatch, GradMatchPB
+from strategies.adaptive import Craig, Glister, GradientRounds, GradMatch, GradMatchPB, _apportion
 from strategies.dynamic import EpochContext
 
 CPU = torch.device("cpu")
@@ -92,6 +92,16 @@ def test_a_model_whose_output_is_not_a_linear_layer_is_refused_in_one_line():
     model = torch.nn.Sequential(torch.nn.Linear(64, 10), torch.nn.LogSoftmax(dim=1))
     with pytest.raises(UserError, match=r"^model=Sequential: gradient-matching strategies .* torch.nn.Linear"):
         output_layer(model, torch.zeros(2, 64))
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_per_class_budgets_are_proportional_and_sum_to_the_target(seed):
+    rng = np.random.default_rng(seed)
+    sizes = [int(s) for s in rng.integers(1, 60, size=rng.integers(1, 12))]
+    k = int(rng.integers(1, sum(sizes) + 1))
+    counts = _apportion(sizes, k)
+    assert sum(counts) == k and all(0 <= c <= s for c, s in zip(counts, sizes))
+    assert all(abs(c - k * s / sum(sizes)) < 1 or c == s for c, s in zip(counts, sizes))
 
 
 # -- CORDS's schedule -----------------------------------------------------------------------------------------------
@@ -175,9 +185,8 @@ def test_each_stage_trains_on_its_rounds_within_budget_and_learns(stage):
                 epoch_target=k)
     assert [e for e, _ in out.round_selected] == [1, 11, 21]
     counts = [c for _, c in out.round_selected]
-    # CRAIG's per-class ceil may overshoot by less than one sample per class; GradMatch tops up to exactly k;
-    # GradMatch-PB picks whole batches
-    assert all(k <= c < k + (50 if isinstance(stage, GradMatchPB) else 10) for c in counts)
+    # per-class budgets sum to k (GradMatch tops a short selection up); GradMatch-PB picks whole batches of 50
+    assert all(k <= c < k + 50 if isinstance(stage, GradMatchPB) else c == k for c in counts)
     assert out.samples_backpropagated == 10 * sum(counts)
     assert out.final_test_accuracy > 0.5  # digits, 10 classes: chance is 0.1
 
