@@ -302,6 +302,13 @@ def test_by_an_unlogged_param_is_a_one_line_error(curric_store):
         "config key such as trainer.epochs or corruption.label_noise"]
 
 
+def test_selection_share_is_the_mean_cost_of_choosing_data_over_the_mean_total(report):
+    # d1 runs log selection_s = 1 s and no probe: share = 1 / mean total_s of the group
+    r = row(report, strategy="el2n", fraction=0.5)
+    assert r["selection_share"] == pytest.approx(1.0 / r["total_s"])
+    assert np.isnan(row(report, dataset="d2", model="m2")["selection_share"])  # d2 logged no selection cost
+
+
 def test_every_cost_a_trial_logs_has_a_report_column():
     from harness.meters import cost_figures
     from harness.report.summary import COSTS

@@ -67,6 +67,7 @@ OPTIONAL = [
     ("probe_s", "probe s", _num(".1f")),
     ("selection_s", "selection s", _num(".3g")),
     ("dynamic_selection_s", "in-training selection s", _num(".3g")),  # strategies that select during training
+    ("selection_share", "selection share", lambda v: NA if _isnan(v) else f"{v:.1%}"),  # of total s
     ("total_energy_j", "energy J", _num(",.0f")),
     ("gpu_hours", "GPU-h", _num(".3g")),
     ("cpu_core_hours", "CPU core-h", _num(".3g")),

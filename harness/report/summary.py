@@ -23,6 +23,8 @@ REFERENCE = "random"  # default strategy tag every other strategy is paired agai
 # stage (data, probe, selection, training, evaluation), so a strategy's own cost is never left out.
 COSTS = ("total_s", "data_s", "probe_s", "selection_s", "dynamic_selection_s", "train_s", "eval_s", "total_energy_j",
          "gpu_hours", "cpu_core_hours", "energy_kwh", "co2e_g", "cost_usd", "tta_s")
+# The costs of choosing the data, whose sum over total_s is the `selection_share` column.
+SELECTION_COSTS = ("probe_s", "selection_s", "dynamic_selection_s")
 # What each group spent of its budget (means; in summary.csv, not the display tables): a strategy that skips samples
 # shows here how many it forwarded and backpropagated.
 BUDGET = ("steps", "epochs", "samples_seen", "samples_backpropagated", "train_flops")
@@ -78,12 +80,15 @@ def summarise(runs: pd.DataFrame, experiment: str = "", by: Sequence[str] = (), 
         row["accuracy_lo"], row["accuracy_hi"] = bootstrap_mean_ci(acc) if not np.isnan(acc).any() else (np.nan,) * 2
         for m in (*COSTS, *BUDGET):
             row[m] = _group_mean(g[m]) if m in g else float("nan")
+        # the share of the total spent choosing data: probe, static selection and selection inside training
+        chosen_s = [row[m] for m in SELECTION_COSTS if not np.isnan(row[m])]
+        row["selection_share"] = sum(chosen_s) / row["total_s"] if chosen_s and row["total_s"] > 0 else np.nan
         row["_acc_by_seed"] = dict(zip(g["seed"].astype(int), acc))
         rows.append(row)
     summary = pd.DataFrame(rows)
     if summary.empty:
         summary = pd.DataFrame(columns=[*keys, "n", "seeds", "accuracy", "accuracy_lo", "accuracy_hi", *COSTS,
-                                        *BUDGET, "_acc_by_seed"])
+                                        "selection_share", *BUDGET, "_acc_by_seed"])
     _add_baseline(summary, list(panel), baseline)
     _add_paired(summary, list(panel), reference)
     _add_pareto(summary, list(panel))
