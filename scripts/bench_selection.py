@@ -142,7 +142,7 @@ def bench_kcenter(n: int, d: int, k: int, seed: int = 2) -> None:
 
 def last_layer_state(n: int, n_classes: int, n_feats: int, seed: int = 3):
     """Synthetic mid-training last layer: ReLU features around one centre per class, a layer that half-knows the
-    classes. Returns (labels, feats float32[n, H], err = softmax - onehot float32[n, C], weight, bias)."""
+    classes. Returns (labels, feats float32[n, H], err = softmax - onehot float32[n, C], weight, bias, accuracy)."""
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(n_classes), n // n_classes)
     centres = rng.standard_normal((n_classes, n_feats), dtype=np.float32)
