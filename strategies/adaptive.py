@@ -32,6 +32,7 @@ from strategies.gradients import (
     glister_greedy,
     grad_proxies,
     omp_nonneg,
+    omp_nonneg_gram,
     proxy_gram,
     representation_counts,
 )
@@ -88,8 +89,8 @@ class GradientRounds(DynamicBase):
     kappa:        warm start, the fraction of the budget spent on all data first (0: none).
     linear_layer: true: gradients of the last layer's weights and bias (err outer [h, 1]); false: of its bias
                   only (err), as CORDS's `linear_layer: False`.
-    max_bytes:    the most any per-class work array (gradients, similarities) may take; a larger class is split
-                  into random parts, each selecting its share of the class's budget.
+    max_bytes:    the most any per-class work array (CRAIG's similarities, GradMatch's Gram) may take; a larger
+                  class is split into random parts, each selecting its share of the class's budget.
     """
 
     reaches_target = True
@@ -202,23 +203,27 @@ class GradMatch(GradientRounds):
         self.lam, self.eps, self.valid = float(lam), float(eps), valid
         self.needs_validation = valid
 
-    def _class_atoms(self, err: np.ndarray, feats: np.ndarray, c: int) -> np.ndarray:
-        """Gradients of output row c: err[:, c] outer [h, 1]."""
-        return grad_proxies(err[:, c : c + 1], self._feats(feats))
+    def _block(self, err: np.ndarray, feats: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """The (err, feats) factors of the gradients of output row c: err[:, c] outer [h, 1]."""
+        return err[:, c : c + 1], self._feats(feats)
 
     def choose(self, ctx: EpochContext, last: LastLayer) -> tuple[np.ndarray, np.ndarray]:
         val_err = _val_err(last) if self.valid else None
         chosen, weights = [], []
-        width = 4.0 * (1 + (last.feats.shape[1] if self.linear_layer else 0))  # bytes per atom
-        for rows, k in self._units(ctx, bytes_per=lambda m: width * m, exponent=1):
+        # OMP works on the atoms' Gram (n_c^2 float32, from the factors: the gradients are never materialised)
+        for rows, k in self._units(ctx, bytes_per=lambda m: 4.0 * m**2, exponent=2):
             c = int(ctx.labels[rows[0]])
-            atoms = self._class_atoms(last.err[rows], last.feats[rows], c)
-            target = atoms.sum(0)
-            if val_err is not None:  # the class's summed validation gradient, a part's share of it
+            e, h = self._block(last.err[rows], last.feats[rows], c)
+            gram = proxy_gram(e, h, e, h)
+            if val_err is None:  # target: the sum of the unit's own gradients
+                atoms_target, target_sq = gram.sum(1, dtype=np.float64), float(gram.sum(dtype=np.float64))
+            else:  # the class's summed validation gradient, a part's share of it
                 vrows = last.val_labels == c
-                n_class = int((ctx.labels == c).sum())
-                target = self._class_atoms(val_err[vrows], last.val_feats[vrows], c).sum(0) * len(rows) / n_class
-            picks, w = omp_nonneg(atoms, target, k, self.lam, self.eps)
+                ve, vh = self._block(val_err[vrows], last.val_feats[vrows], c)
+                share = len(rows) / int((ctx.labels == c).sum())
+                atoms_target = share * proxy_gram(e, h, ve, vh).sum(1, dtype=np.float64)
+                target_sq = share**2 * float(proxy_gram(ve, vh, ve, vh).sum(dtype=np.float64))
+            picks, w = omp_nonneg_gram(gram, atoms_target, target_sq, k, self.lam, self.eps)
             chosen.append(rows[picks])
             weights.append(w)
         return _fill(np.concatenate(chosen), np.concatenate(weights), ctx.n, ctx.n_target, ctx.rng)
@@ -287,12 +292,8 @@ class Glister(GradientRounds):
         if last.val_feats is None:
             raise SelectionError("glister needs a validation split: set dataset.val_fraction in (0, 0.5]")
         rng = ctx.rng if self.greedy == "stochastic" else None
-        feats, val_feats = last.feats, last.val_feats
-        weight = last.weight
-        if not self.linear_layer:  # the bias alone: no feature part in the gradients or the update
-            feats, val_feats, weight = feats[:, :0], val_feats[:, :0], weight[:, :0]
-        picks, _ = glister_greedy(feats, last.err, val_feats, last.val_labels, weight, last.bias, ctx.n_target,
-                                  self.eta, rng=rng, eps=self.eps)
+        picks, _ = glister_greedy(last.feats, last.err, last.val_feats, last.val_labels, last.weight, last.bias,
+                                  ctx.n_target, self.eta, rng=rng, eps=self.eps, bias_only=not self.linear_layer)
         return np.asarray(picks, dtype=np.int64), np.ones(len(picks))
 
 

@@ -26,7 +26,8 @@ from harness.parallel import Local
 from harness.train import _Loop, train
 from strategies import Selection
 from strategies.adaptive import Craig, Glister, GradientRounds, GradMatch, GradMatchPB, _apportion
-from strategies.dynamic import EpochContext
+from strategies.dynamic import EpochContext, LastLayer
+from strategies.gradients import facility_location, grad_proxies, omp_nonneg
 
 CPU = torch.device("cpu")
 
@@ -171,6 +172,65 @@ def test_per_batch_weights_make_each_step_descend_the_weighted_batch_mean():
     loop.step(batch)
     for p, b, g in zip(model.parameters(), before, grads, strict=True):
         assert torch.allclose(b - p.detach(), g, atol=1e-5)
+
+
+# -- a round equals the kernels on materialised gradients ----------------------------------------------------------
+
+def synthetic_last_layer(n=90, n_val=30, classes=3, hidden=5, seed=0):
+    rng = np.random.default_rng(seed)
+    labels, val_labels = rng.integers(0, classes, n), rng.integers(0, classes, n_val)
+    feats, val_feats = rng.normal(size=(n, hidden)).astype(np.float32), rng.normal(size=(n_val, hidden))
+    weight, bias = rng.normal(size=(classes, hidden)).astype(np.float32), rng.normal(size=classes).astype(np.float32)
+    logits = feats @ weight.T + bias
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    err = (p - np.eye(classes)[labels]).astype(np.float32)
+    last = LastLayer(feats, err, weight, bias, val_feats.astype(np.float32), val_labels)
+    return labels, last
+
+
+def round_ctx(labels, last, n_target, seed=0):
+    return EpochContext(21, 0.5, np.full(len(labels), np.nan, np.float32), labels, n_target,
+                        np.random.default_rng(seed), last_layer=lambda: last)
+
+
+def test_a_craig_round_is_facility_location_on_each_class_of_materialised_gradients():
+    labels, last = synthetic_last_layer()
+    positions, weights = Craig().choose(round_ctx(labels, last, 30), last)
+    g = grad_proxies(last.err, last.feats)
+    expected_pos, expected_w = [], []
+    for rows, k in zip([np.flatnonzero(labels == c) for c in range(3)], _apportion([(labels == c).sum()
+                                                                                    for c in range(3)], 30)):
+        d = ((g[rows][:, None, :] - g[rows][None, :, :]) ** 2).sum(-1)
+        picks, _ = facility_location(d.max() - d, k)
+        expected_pos.append(rows[picks])
+        expected_w.append(np.bincount((d.max() - d)[picks].argmax(0), minlength=k))
+    assert np.array_equal(positions, np.concatenate(expected_pos))
+    assert np.array_equal(weights, np.concatenate(expected_w))
+
+
+@pytest.mark.parametrize("valid", [False, True])
+def test_a_gradmatch_round_is_omp_on_each_class_row_of_materialised_gradients(valid):
+    labels, last = synthetic_last_layer()
+    stage = GradMatch(lam=0.5, valid=valid)
+    positions, weights = stage.choose(round_ctx(labels, last, 30), last)
+    if valid:  # the validation samples' softmax - onehot at the same layer
+        logits = last.val_feats @ last.weight.T + last.bias
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        val_err = p / p.sum(1, keepdims=True) - np.eye(3)[last.val_labels]
+    expected_pos, expected_w = [], []
+    for c, k in zip(range(3), _apportion([(labels == c).sum() for c in range(3)], 30)):
+        rows = np.flatnonzero(labels == c)
+        atoms = grad_proxies(last.err[rows][:, [c]], last.feats[rows]).astype(np.float64)
+        vrows = last.val_labels == c
+        target = (grad_proxies(val_err[vrows][:, [c]], last.val_feats[vrows]).sum(0) if valid else atoms.sum(0))
+        picks, w = omp_nonneg(atoms, target, k, 0.5)
+        expected_pos.append(rows[picks])
+        expected_w.append(w)
+    chosen = np.concatenate(expected_pos)
+    assert np.array_equal(positions[: len(chosen)], chosen)
+    assert np.allclose(weights[: len(chosen)], np.concatenate(expected_w), rtol=1e-3, atol=1e-4)
+    assert len(positions) == 30 and np.all(weights[len(chosen):] == 1)  # the random top-up
 
 
 # -- each stage in training -----------------------------------------------------------------------------------------
