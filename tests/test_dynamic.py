@@ -27,6 +27,7 @@ from harness.parallel import Distributed, Local, shard
 from harness.seeding import numpy_rng
 from harness.train import _Loop, train
 from strategies import Selection
+from strategies.adaptive import Craig
 from strategies.base import SelectionError
 from strategies.dynamic import RS2, EpochContext, InfoBatch, SelectiveBackprop
 
@@ -453,11 +454,12 @@ def _rank_main(rank: int, world: int, store: str, out_dir: str) -> None:
         data = make_dataset("linear", x, (x @ w).argmax(1), x_test, (x_test @ w).argmax(1), 10)
         results = {}
         for name, stage in (("infobatch", recording(InfoBatch)(delta=0.7)),
-                            ("selective_backprop", recording(SelectiveBackprop)(history=128))):
+                            ("selective_backprop", recording(SelectiveBackprop)(history=128)),
+                            ("craig", recording(Craig)(select_every=2))):
             torch.manual_seed(0)
             model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
             out = train(model, data, Selection(np.arange(203)), trainer_cfg(epochs=4, batch_size=31), 0, CPU,
-                        dynamic=stage, workers=Distributed(rank, world, CPU))
+                        dynamic=stage, workers=Distributed(rank, world, CPU), epoch_target=60)
             results[name] = {"plans": [(p.positions, p.weights) for *_, p in stage.plans],
                              "masks": [keep for *_, keep in stage.masks],
                              "backpropagated": out.samples_backpropagated, "seen": out.samples_seen}
@@ -468,12 +470,13 @@ def _rank_main(rank: int, world: int, store: str, out_dir: str) -> None:
 
 @pytest.mark.slow  # spawns two gloo processes (~4 s)
 def test_data_parallel_ranks_plan_and_filter_identically(tmp_path):
-    """Two gloo ranks (batches of 31 and 203 samples: uneven shards) gather the per-sample losses, so each plans
-    the same epochs and keeps the same samples of each batch."""
+    """Two gloo ranks (batches of 31 and 203 samples: uneven shards) gather the per-sample losses (and CRAIG's
+    last-layer snapshot), so each plans the same epochs and keeps the same samples of each batch."""
     world = 2
     torch.multiprocessing.spawn(_rank_main, args=(world, str(tmp_path / "store"), str(tmp_path)), nprocs=world)
     ranks = [pickle.loads((tmp_path / f"rank{r}.pkl").read_bytes()) for r in range(world)]
     ib, sb = ranks[0]["infobatch"], ranks[0]["selective_backprop"]
+    assert len(ranks[0]["craig"]["plans"]) == 2 and ranks[0]["craig"]["plans"][1][1] is not None  # rounds 1, 3
     assert len(ib["plans"]) == 4 and any(len(pos) < 203 for pos, _ in ib["plans"])
     assert ib["backpropagated"] == sum(len(pos) for pos, _ in ib["plans"])
     assert sb["backpropagated"] == sum(int(m.sum()) for m in sb["masks"]) < sb["seen"] == 4 * 203
@@ -483,6 +486,8 @@ def test_data_parallel_ranks_plan_and_filter_identically(tmp_path):
             assert a[1] is None or np.array_equal(a[1], b[1])
         for a, b in zip(sb["masks"], other["selective_backprop"]["masks"], strict=True):
             assert np.array_equal(a, b)
+        for a, b in zip(ranks[0]["craig"]["plans"], other["craig"]["plans"], strict=True):
+            assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
         assert other["infobatch"]["backpropagated"] == ib["backpropagated"]
         assert other["selective_backprop"]["backpropagated"] == sb["backpropagated"]
 
