@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.data.base import Dataset, atomic_save_npz, make_dataset
-from harness.errors import UserError
+from harness.errors import UserError, first_line
 
 
 class Source:
@@ -208,12 +208,14 @@ class CIFAR(Source):
     """CIFAR-10/100 in torchvision's on-disk format under `root`; never downloads (no network here)."""
 
     LAYOUT = {
-        10: ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", b"labels"),
-        100: ("cifar-100-python", ["train"], "test", b"fine_labels"),
+        10: ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "labels"),
+        100: ("cifar-100-python", ["train"], "test", "fine_labels"),
     }
-    # Per-channel mean and std of the CIFAR-10 training set, the usual normalisation.
-    MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32)
-    STD = np.array([0.2470, 0.2435, 0.2616], dtype=np.float32)
+    # Per-channel mean and std of each training set, the usual normalisation (CIFAR-100's own, not CIFAR-10's).
+    MEAN = {10: np.array([0.4914, 0.4822, 0.4465], dtype=np.float32),
+            100: np.array([0.5071, 0.4865, 0.4409], dtype=np.float32)}
+    STD = {10: np.array([0.2470, 0.2435, 0.2616], dtype=np.float32),
+           100: np.array([0.2673, 0.2564, 0.2762], dtype=np.float32)}
 
     def __init__(self, root: str, num_classes: int = 10, download: bool = False) -> None:
         self.root = root
@@ -241,10 +243,23 @@ class CIFAR(Source):
         return ((3, 32, 32), self.num_classes) if self.num_classes in self.LAYOUT else None
 
     def _read(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """One batch file: data (n, 3072) uint8 and labels (n,). The files are Python 2 pickles; latin1 (as
+        torchvision reads them) gives str keys for those and keeps the bytes keys of a batch re-saved by Python 3."""
         label_key = self.LAYOUT[self.num_classes][3]
-        with open(self._folder() / name, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-        return np.asarray(batch[b"data"], dtype=np.uint8), np.asarray(batch[label_key], dtype=np.int64)
+        path = self._folder() / name
+        try:
+            with open(path, "rb") as f:
+                batch = {k.decode() if isinstance(k, bytes) else k: v
+                         for k, v in pickle.load(f, encoding="latin1").items()}
+            x, y = np.asarray(batch["data"], dtype=np.uint8), np.asarray(batch[label_key], dtype=np.int64)
+        except Exception as e:  # truncated, not a pickle, not a dict, keys missing
+            raise UserError(f"{path}: not a CIFAR-{self.num_classes} batch ({type(e).__name__}: {first_line(e)}); "
+                            f"expected torchvision's pickle with data and {label_key}") from None
+        if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or y.shape != (len(x),):
+            raise UserError(f"{path}: data of shape {x.shape} with {y.size} labels; expected (n, 3072) and n labels")
+        if len(y) and not 0 <= y.min() <= y.max() < self.num_classes:
+            raise UserError(f"{path}: labels outside 0..{self.num_classes - 1}")
+        return x, y
 
     def load(self, cache_dir: str | Path) -> Dataset:
         self.check()
@@ -255,7 +270,8 @@ class CIFAR(Source):
 
         def to_float(x: np.ndarray) -> np.ndarray:
             x = x.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0
-            return (x - self.MEAN[:, None, None]) / self.STD[:, None, None]
+            mean, std = self.MEAN[self.num_classes], self.STD[self.num_classes]
+            return (x - mean[:, None, None]) / std[:, None, None]
 
         return make_dataset(f"cifar{self.num_classes}", to_float(x_train), y_train, to_float(x_test), y_test,
                             num_classes=self.num_classes)
