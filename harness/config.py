@@ -19,7 +19,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from harness.build import build_dataset, build_optimizer, build_scheduler, build_strategy, check_model_fits
 from harness.data.validation import check_val_fraction
 from harness.errors import UserError, first_line
-from harness.signals import PROBE_SIGNALS
+from harness.signals import FILE_SIGNAL, PROBE_SIGNALS
+from harness.signals.embeddings_file import check_embeddings_file
 from harness.train import BUDGET_UNITS
 from strategies.curriculum import curriculum_label
 from strategies.pipeline import Pipeline
@@ -80,6 +81,13 @@ class ProbeConfig:
 
 
 @dataclass
+class EmbeddingsConfig:
+    """Embeddings computed elsewhere, for `strategy.embedding=file` (harness/signals/embeddings_file.py)."""
+
+    path: str | None = None  # .npy, float (training rows x features), row i = sample i of the original training set
+
+
+@dataclass
 class CostConfig:
     """How energy is estimated and what it costs (docs/cost.md). Not part of a trial's identity (config_hash)."""
 
@@ -103,6 +111,7 @@ class WinnowConfig:
     corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     cost: CostConfig = field(default_factory=CostConfig)
+    embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
     seed: int = 0  # derives every generator: init, data order, selection (harness/seeding.py)
     cache_dir: str = ".winnow/cache"  # generated datasets and signals, content-addressed, shared by a sweep
 
@@ -145,6 +154,8 @@ def config_hash(cfg: DictConfig) -> str:
         d["trainer"].pop("samples", None)  # added later: unset, it leaves earlier runs' hashes as they were
     if isinstance(d.get("dataset"), dict) and d["dataset"].get("val_fraction") is None:
         d["dataset"].pop("val_fraction", None)  # likewise
+    if isinstance(d.get("embeddings"), dict) and d["embeddings"].get("path") is None:
+        d.pop("embeddings")  # likewise
     strategy = d.get("strategy")
     if isinstance(strategy, dict) and "_target_" in strategy:
         if "fraction" in strategy:
@@ -321,4 +332,18 @@ def validate(cfg: DictConfig, check_files: bool = True, check_device: bool = Fal
     if check_files:
         source.check()
     _check_models_fit(cfg, source, pipeline, check_files)
+    if FILE_SIGNAL in pipeline.needs:
+        _check_embeddings(cfg, source, check_files)
     return pipeline
+
+
+def _check_embeddings(cfg: DictConfig, source: Any, check_files: bool) -> None:
+    """`embeddings.path` is set; where files are checked, its .npy header says 2-D float and its row count is the
+    training set's, when the source can count its training rows cheaply (a `train_rows(cache_dir)` method)."""
+    path = cfg.embeddings.path
+    if not path:
+        raise UserError(f"embeddings.path is null: strategy={cfg.strategy.get('name', cfg.strategy._target_)} reads "
+                        "embedding=file; expected embeddings.path=... (an .npy file, one row per training sample)")
+    if check_files:
+        count = getattr(source, "train_rows", None)
+        check_embeddings_file(path, count(cfg.cache_dir) if callable(count) else None)

@@ -17,7 +17,9 @@ from omegaconf import DictConfig
 from harness.data import Dataset
 from harness.errors import UserError
 from harness.seeding import numpy_rng
+from harness.signals import FILE_SIGNAL
 from harness.signals.compute import compute_signals
+from harness.signals.embeddings_file import load_embeddings
 from strategies.base import Selection, SelectionContext, SelectionError, Stage
 from strategies.pipeline import Pipeline
 
@@ -59,13 +61,24 @@ def run_selection(cfg: DictConfig, stage: Pipeline, data: Dataset, device: torch
                   run: TrialRun) -> Selection:
     """The trial's selection step: compute the signals `stage` needs, select, record.
 
-    Signal computation (probe training or its cache read) is metered as `probe`, the stages as `selection`;
-    both count in the trial's total. Per stage: `stage<i>_<name>_removed`, `..._s` and what it reports (eps).
+    Signal computation (probe training or its cache read; an embeddings file's read) is metered as `probe`, the
+    stages as `selection`; both count in the trial's total. Tags: `embedding` (what the embedding stages selected
+    on: the probe's `embeddings`, `raw`, `projection` or `file`) and, for `file`, `embeddings_fingerprint` (the
+    file's dtype, shape and values). Per stage: `stage<i>_<name>_removed`, `..._s` and what it reports (eps).
     """
     signals: dict[str, np.ndarray] = {}
     if stage.needs:
+        emb = None
         with meter.stage("probe"):
             signals, probe = compute_signals(stage.needs, cfg, data, device)
+            if FILE_SIGNAL in stage.needs:  # embeddings computed elsewhere: reading the file is this stage's cost
+                emb = load_embeddings(cfg.embeddings.path, data)
+                signals[FILE_SIGNAL] = emb.rows
+        embedding = sorted({e for s in stage.stages if isinstance(e := getattr(s, "embedding", None), str)})
+        if embedding:
+            run.tags({"embedding": ",".join(embedding)})
+        if emb is not None:
+            run.tags({"embeddings_fingerprint": emb.fingerprint})
         if probe is not None:
             probe.charge(meter)
             run.tags({"cache_hit": probe.cache_hit})

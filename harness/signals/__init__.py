@@ -3,8 +3,9 @@
     signals, probe = compute_signals(needs, cfg, data, device)   # harness/signals/compute.py
 
 Probe signals come from a proxy model trained a few times (harness/signals/probe.py) and are cached on disk,
-content-addressed; the others come straight from the data. This module stays import-light: the preflight checks
-a strategy's `needs` against these names before any compute.
+content-addressed; the others come straight from the data, or from an embeddings file (`file`, read by
+`harness.signals.embeddings_file`). This module stays import-light: the preflight checks a strategy's `needs`
+against these names before any compute.
 """
 
 # Signals the probe computes (harness/signals/probe.py); one probe yields all of them, cheap next to its training.
@@ -13,4 +14,6 @@ PROBE_SIGNALS = ("embeddings", "losses", "loss", "el2n", "grand", "forgetting", 
 # Signals that need no probe: the samples themselves ("inputs", for exact dedup), the flattened inputs scaled
 # to unit norm ("raw"), and a seeded Gaussian random projection of them, unit norm ("projection").
 DATA_SIGNALS = ("inputs", "raw", "projection")
-ALL_SIGNALS = PROBE_SIGNALS + DATA_SIGNALS
+# Embeddings computed elsewhere, read from `embeddings.path` (harness/signals/embeddings_file.py): no probe either.
+FILE_SIGNAL = "file"
+ALL_SIGNALS = PROBE_SIGNALS + DATA_SIGNALS + (FILE_SIGNAL,)

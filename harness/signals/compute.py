@@ -96,7 +96,8 @@ def data_signal(name: str, data: Dataset, seed: int, projection_dim: int) -> np.
 
 def compute_signals(needs: frozenset[str], cfg: DictConfig, data: Dataset,
                     device: torch.device) -> tuple[dict[str, np.ndarray], ProbeRecord | None]:
-    """The signals in `needs`, and the probe behind them (None when none was needed)."""
+    """The signals in `needs`, and the probe behind them (None when none was needed). The `file` signal is not
+    computed here: `harness.signals.embeddings_file.load_embeddings` reads it, with the file's fingerprint."""
     out: dict[str, np.ndarray] = {}
     for name in sorted(needs & set(DATA_SIGNALS)):
         out[name] = data_signal(name, data, cfg.seed, cfg.probe.projection_dim)
