@@ -8,6 +8,7 @@ differ 5x; scripts/bench_preflight.py measures how fast bad input stops).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +20,10 @@ from tests.conftest import run_cli, runs_of
 
 @dataclass(frozen=True)
 class Bad:
-    args: tuple[str, ...]  # `{path}` stands for the malformed file's path
+    args: tuple[str, ...]  # `{path}` stands for the malformed file's path, `{tmp}` for the test's folder
     message: str  # a fragment of the one line on stderr
-    file: dict[str, np.ndarray] | bytes | None = None  # arrays replacing make_npz's good ones, or raw bytes
+    # arrays replacing make_npz's good ones, raw bytes, or a writer `(tmp folder) -> path the line must name`
+    file: dict[str, np.ndarray] | bytes | Callable[[Path], str] | None = None
     in_run: bool = False  # only reading the file shows it: the run started, and must end FAILED
     drop: tuple[str, ...] = ()  # arrays left out of the file
 
@@ -30,7 +32,36 @@ def npz(*args: str) -> tuple[str, ...]:
     return ("dataset=npz", "dataset.path={path}", *args)
 
 
+def images(*args: str) -> tuple[str, ...]:
+    """The image folder `image_folder_and` writes, 6 training images of 4x4, and a model that takes them."""
+    return ("dataset=image_folder", "dataset.train_dir={tmp}/img", "dataset.test_fraction=0.25",
+            "dataset.image_size=[4,4]", "model=mlp", *args)
+
+
+def image_folder_and(embeddings: np.ndarray | None = None, classes: tuple[str, ...] = ("a", "b"),
+                     corrupt: bool = False) -> Callable[[Path], str]:
+    """A writer of `{tmp}/img` (4 PNGs per class, a corrupt one in the last class) and `{tmp}/emb.npy`; it returns
+    the embeddings file's path, or the folder's without embeddings."""
+    def write(tmp_path: Path) -> str:
+        from PIL import Image
+
+        for c in classes:
+            (tmp_path / "img" / c).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(np.full((5, 5, 3), 40 * i, np.uint8)).save(tmp_path / "img" / c / f"{i}.png")
+        if corrupt:
+            (tmp_path / "img" / classes[-1] / "broken.png").write_bytes(b"not a png")
+        if embeddings is None:
+            return str(tmp_path / "img")
+        np.save(tmp_path / "emb.npy", embeddings)
+        return str(tmp_path / "emb.npy")
+
+    return write
+
+
 _rng = np.random.default_rng(0)
+_emb_nan = _rng.normal(size=(6, 3))
+_emb_nan[4, 1] = np.nan
 _x_test_nan = _rng.normal(size=(20, 8))
 _x_test_nan[3, 2] = np.nan
 
@@ -140,6 +171,27 @@ CASES = {
                      in_run=True),
     "npz-feature-shapes-differ": Bad(npz(), "X_train and X_test have different feature shapes",
                                      {"X_test": _rng.normal(size=(20, 5))}, in_run=True),
+    # image folders (harness/data/images.py)
+    "image-folder-not-found": Bad(("dataset=image_folder", "dataset.train_dir=/nonexistent/img",
+                                   "dataset.test_fraction=0.2"),
+                                  "dataset.train_dir=/nonexistent/img: folder not found"),
+    "image-folder-one-class": Bad(images(), "1 class folder (a); expected at least 2",
+                                  image_folder_and(classes=("a",))),
+    "image-folder-no-test-set": Bad(("dataset=image_folder", "dataset.train_dir=/data/img"),
+                                    "dataset.test_dir, dataset.test_fraction: neither set; expected exactly one"),
+    "image-folder-unreadable": Bad(images(), "1 unreadable image: b/broken.png", image_folder_and(corrupt=True),
+                                   in_run=True),
+    # embeddings files for selection (harness/signals/embeddings_file.py)
+    "embeddings-wrong-rows": Bad(images("strategy=kcenter", "strategy.embedding=file", "embeddings.path={path}"),
+                                 "5 rows, but the training set has 6", image_folder_and(_rng.normal(size=(5, 3)))),
+    "embeddings-path-null": Bad(("strategy=semdedup", "strategy.embedding=file"),
+                                "embeddings.path is null: strategy=semdedup reads embedding=file"),
+    "embeddings-not-found": Bad(("strategy=kcenter", "strategy.embedding=file", "embeddings.path=/nonexistent/e.npy"),
+                                "embeddings.path=/nonexistent/e.npy: file not found"),
+    "embeddings-not-2d": Bad(images("strategy=herding", "strategy.embedding=file", "embeddings.path={path}"),
+                             "expected a 2-D float array", image_folder_and(np.zeros(6, np.float32))),
+    "embeddings-nan": Bad(images("strategy=kcenter", "strategy.embedding=file", "embeddings.path={path}"),
+                          "1 row with NaN or infinite values (first: row 4)", image_folder_and(_emb_nan), in_run=True),
 }
 
 # A subprocess costs 0.3-9 s here (2 cores): 0.3 s when the error comes before torch is imported, 2-6 s when the
@@ -151,7 +203,9 @@ SLOW = {"fraction-0", "betas-out-of-range", "unknown-optimizer-arg", "unknown-sc
         "dedup-cannot-cut", "pipeline-cannot-cut", "curriculum-pacing", "sweep-bad-value", "npz-missing-array",
         "npz-not-a-zip", "npz-negative-labels", "npz-float-labels", "npz-empty", "npz-feature-shapes-differ",
         "infobatch-prune-ratio-0", "rs2-select-every-0", "pipeline-dynamic-first", "npz-rows-differ",
-        "samples-and-epochs", "craig-select-every-0", "gradmatch-kappa-1"}
+        "samples-and-epochs", "craig-select-every-0", "gradmatch-kappa-1", "image-folder-not-found",
+        "image-folder-one-class", "image-folder-no-test-set", "image-folder-unreadable", "embeddings-path-null",
+        "embeddings-not-found", "embeddings-not-2d", "embeddings-nan"}
 PARAMS = [pytest.param(case, id=name, marks=[pytest.mark.slow] if name in SLOW else []) for name, case in CASES.items()]
 
 
@@ -161,6 +215,8 @@ def test_the_table_is_at_least_20_cases_and_20_quick_ones():
 
 
 def write_file(case: Bad, tmp_path: Path, write_npz) -> str:
+    if callable(case.file):
+        return case.file(tmp_path)
     if isinstance(case.file, bytes):
         path = tmp_path / "bad.npz"
         path.write_bytes(case.file)
@@ -176,7 +232,7 @@ def write_file(case: Bad, tmp_path: Path, write_npz) -> str:
 @pytest.mark.parametrize("case", PARAMS)
 def test_bad_input_is_one_line_and_exit_code_2(case, store, tmp_path, write_npz):
     path = write_file(case, tmp_path, write_npz) if case.file is not None else None
-    args = [a.replace("{path}", path or "") for a in case.args]
+    args = [a.replace("{path}", path or "").replace("{tmp}", str(tmp_path)) for a in case.args]
     res = run_cli(*args, f"tracking.uri={store}", f"cache_dir={tmp_path / 'cache'}",
                   f"hydra.run.dir={tmp_path / 'out'}", f"hydra.sweep.dir={tmp_path / 'multirun'}")
     lines = res.stderr.strip().splitlines()
