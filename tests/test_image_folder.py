@@ -203,3 +203,18 @@ def test_config_composes_and_resnet18_takes_the_images(tmp_path, compose_cfg):
     validate(cfg)  # the preflight: files checked, one forward of the model on (3, 8, 8) samples
     data = build_dataset(cfg).load(cfg.cache_dir)
     assert data.input_shape == (3, 8, 8) and len(data.y_train) == 3
+
+
+@pytest.mark.slow
+def test_a_trial_trains_resnet18_on_the_folder(tmp_path, store):
+    from tests.conftest import run_cli, runs_of
+
+    write_folder(tmp_path / "train", corrupt=True)
+    res = run_cli("dataset=image_folder", f"dataset.train_dir={tmp_path / 'train'}", "dataset.test_fraction=0.25",
+                  "dataset.on_unreadable=skip", "dataset.image_size=[8,8]", "model=resnet18", "model.width=4",
+                  "trainer.epochs=2", f"tracking.uri={store}", f"cache_dir={tmp_path / 'cache'}",
+                  f"hydra.run.dir={tmp_path / 'out'}")
+    assert res.returncode == 0, res.stderr
+    assert "skipped 1 unreadable image: dog/broken.png" in res.stdout + res.stderr
+    run = runs_of(store).iloc[0]
+    assert run["status"] == "FINISHED" and run["tags.dataset"] == "image_folder" and run["metrics.n_train"] == 9

@@ -201,7 +201,7 @@ class ImageFolder(Source):
                     ok[i] = True
                 except Exception as e:  # Pillow's plugins raise many types for damaged files
                     skipped.append(f"{rel} ({first_line(e).replace(f' {str(file)!r}', '')})")
-            atomic_save_npz(path, x=x[ok], y=np.asarray(labels, dtype=np.int64)[ok],
+            atomic_save_npz(path, x=x if ok.all() else x[ok], y=np.asarray(labels, dtype=np.int64)[ok],
                             files=np.asarray(files, dtype=str)[ok], skipped=np.asarray(skipped, dtype=str),
                             classes=np.asarray(classes, dtype=str))
             did = True
