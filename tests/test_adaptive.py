@@ -273,3 +273,17 @@ def test_a_round_that_is_not_due_reuses_the_last_plan_without_a_forward():
     plan = stage.plan_epoch(ctx)
     assert len(plan.positions) == 10 and not calls  # the random first round needs no forward
     assert [stage.due(e, 0.0) for e in range(2, 8)] == [False, False, False, False, True, False]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: Craig(max_bytes=1000), r"max_bytes=1000: expected an integer >= 1048576"),
+    (lambda: GradMatch(kappa=-0.1), r"kappa=-0.1: expected a number in \[0, 1\)"),
+    (lambda: GradMatch(valid="yes"), r"valid=yes: expected true or false"),
+    (lambda: Glister(greedy="lazy"), r"greedy=lazy: expected stochastic or naive"),
+    (lambda: Glister(eta=0), r"eta=0: expected a number > 0"),
+])
+def test_bad_stage_arguments_name_the_key(make, message):
+    from strategies.base import SelectionError
+
+    with pytest.raises(SelectionError, match=message):
+        make()
