@@ -15,6 +15,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_method
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from harness.build import build_dataset, build_optimizer, build_scheduler, build_strategy, check_model_fits
 from harness.data.validation import check_val_fraction
@@ -265,7 +266,12 @@ def validate(cfg: DictConfig, check_files: bool = True, check_device: bool = Fal
     missing file fails that trial's run and not the whole sweep. `check_device`: the job runs on this machine, so
     `trainer.device` must exist here. Returns the strategy it built and checked, so a trial builds it once.
     """
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    try:  # an interpolation whose target is gone (`${trainer.optimizer.lr}` without an lr): one line, not 30 frames
+        OmegaConf.to_container(cfg, resolve=True)
+        missing = sorted(OmegaConf.missing_keys(cfg))
+    except InterpolationResolutionError as e:
+        raise UserError(f"{e.full_key}: cannot be resolved ({first_line(e)}); expected the key it refers to, or "
+                        f"set {e.full_key} on the command line") from None
     if missing:
         raise UserError(f"{missing[0]}: required value missing; set it on the command line ({missing[0]}=...)")
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:

@@ -161,9 +161,9 @@ class _Loop:
         self.rng = numpy_rng(seed, "dynamic_selection")
         record = dynamic is not None and dynamic.uses_losses
         # the gradient-matching stages forward the pool (and the validation split) at each round
-        self.last_layer = dynamic is not None and getattr(dynamic, "uses_last_layer", False)
-        self.x_val = self.y_val = None
-        if self.last_layer and data.x_val is not None:
+        self.last_layer = dynamic is not None and dynamic.uses_last_layer
+        self.x_val = self.y_val = None  # forwarded at each round only for a stage that selects against them
+        if self.last_layer and getattr(dynamic, "needs_validation", False) and data.x_val is not None:
             self.x_val, self.y_val = torch.from_numpy(data.x_val).to(device), torch.from_numpy(data.y_val).to(device)
         self.losses = torch.full((self.n,), math.nan, device=device) if record else None
         self.plan: torch.Tensor | None = None  # the current epoch plan's positions (None: every sample)
@@ -210,8 +210,8 @@ class _Loop:
             losses = losses * self.w[mine]
         # sum x world / global batch: DDP's mean over ranks is then the whole batch's mean loss gradient (one
         # process: the mean itself, one op instead of three); per_batch_mean: the batch's weighted mean
-        if self.per_batch_mean and self.w is not None:
-            loss = losses.sum() * (workers.world / self.w[batch].sum())
+        if self.per_batch_mean and self.w is not None:  # (an all-zero batch of weights: a zero loss, not 0/0)
+            loss = losses.sum() * (workers.world / self.w[batch].sum().clamp_min(1e-12))
         elif workers.world == 1:
             loss = losses.mean()
         else:
@@ -247,6 +247,8 @@ class _Loop:
         def last_layer():  # the forward only when the stage asks for it (not in a random or warm-start round)
             if not memo:
                 memo.append(snapshot(self.model, self.x, self.y, self.x_val, self.y_val, self.workers, amp=self.amp))
+                # the round's forward passes count as forwarded samples (and so in train_flops)
+                self.out.samples_forwarded += self.n + (0 if self.x_val is None else len(self.x_val))
             return memo[0]
 
         ctx = EpochContext(epoch, self.progress(epoch, 0.0), losses, self.labels, min(self.epoch_target, self.n),

@@ -12,10 +12,11 @@ sum(w * loss) / sum(w) as in CORDS's training loop.
   log-likelihood, the validation gradient updated after each pick; unit weights.
 
 The schedule is CORDS's: the first subset is random (there is no trained model to select with yet) and a new one
-is chosen every `select_every` epochs. With warm start (`kappa` > 0) the first ceil(kappa x epochs x fraction)
+is chosen every `select_every` epochs. With warm start (`kappa` > 0) the first ceil(int(kappa x epochs) x fraction)
 epochs train on all data and the epochs up to kappa x epochs are skipped, so the warm start costs what kappa x
 epochs of subset training would; selection then starts at once from the warm model (CORDS keeps a random subset
-until the next multiple of select_every). With a steps or samples budget the warm start is the first kappa of it.
+until the next multiple of select_every). With a steps or samples budget the warm start is exactly the first
+kappa of it, its last epoch a random part of the data.
 """
 
 from __future__ import annotations
@@ -108,32 +109,46 @@ class GradientRounds(DynamicBase):
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1 << 20:
             raise SelectionError(f"max_bytes={max_bytes}: expected an integer >= 1048576 (1 MiB)")
         self.kappa, self.linear_layer, self.max_bytes = float(kappa), linear_layer, max_bytes
-        self._budget: tuple[str, int, float] | None = None  # (unit, amount, subset fraction of the pool)
+        # (unit, amount, subset fraction of the pool, batch size), from the first epoch's context
+        self._budget: tuple[str, int, float, int] | None = None
         self._phase: str | None = None  # warm | skip | select: the phase of the last round
         self._select_start = 1  # the epoch of the first selection round
 
     # -- the schedule ---------------------------------------------------------------------------------------
+    def _warm_left(self, progress: float) -> int:
+        """Samples of a steps or samples budget still to spend on all data (whole steps for a steps budget)."""
+        unit, amount, _, batch = self._budget
+        left = math.floor(max(0.0, self.kappa - progress) * amount + 1e-9)
+        return left * batch if unit == "steps" else left
+
     def _phase_at(self, epoch: int, progress: float) -> str:
         if self.kappa == 0 or self._budget is None:
             return "select"
-        unit, amount, f = self._budget
-        if unit == "epochs":  # CORDS: ceil(kappa E f) full epochs, then nothing until epoch kappa E
-            if epoch <= math.ceil(self.kappa * amount * f):
+        unit, amount, f, _ = self._budget
+        if unit == "epochs":  # CORDS: ceil(int(kappa E) f) full epochs, then nothing until epoch int(kappa E)
+            select_after = int(self.kappa * amount)
+            if epoch <= math.ceil(select_after * f):
                 return "warm"
-            return "skip" if epoch <= int(self.kappa * amount) else "select"
-        return "warm" if progress < self.kappa else "select"
+            return "skip" if epoch <= select_after else "select"
+        return "warm" if self._warm_left(progress) >= 1 else "select"
 
     def due(self, epoch: int, progress: float) -> bool:
         phase = self._phase_at(epoch, progress)
+        if phase == "warm":  # free to plan, and the last warm epoch of a steps/samples budget is a partial one
+            return True
         return phase != self._phase or (phase == "select" and (epoch - self._select_start) % self.select_every == 0)
 
     def plan_epoch(self, ctx: EpochContext) -> EpochPlan:
         if self._budget is None:
-            self._budget = (ctx.budget_unit, ctx.budget, ctx.n_target / ctx.n)
+            self._budget = (ctx.budget_unit, ctx.budget, ctx.n_target / ctx.n, ctx.batch_size)
         phase, previous = self._phase_at(ctx.epoch, ctx.progress), self._phase
         self._phase = phase
         if phase == "warm":
-            return EpochPlan(np.arange(ctx.n))
+            left = ctx.n if ctx.budget_unit == "epochs" else self._warm_left(ctx.progress)
+            if left >= ctx.n:
+                return EpochPlan(np.arange(ctx.n))
+            # the warm start ends inside this epoch: a random part of the data, exactly what is left of it
+            return EpochPlan(np.sort(ctx.rng.choice(ctx.n, size=left, replace=False)))
         if phase == "skip":
             return EpochPlan(np.empty(0, dtype=np.int64))
         if previous != "select":
@@ -177,9 +192,12 @@ class Craig(GradientRounds):
             err, feats = last.err[rows], self._feats(last.feats[rows])
             sim = craig_similarity(proxy_gram(err, feats, err, feats))
             picks, _ = facility_location(sim, k)
-            chosen.append(rows[picks])
-            weights.append(representation_counts(sim, picks))
-        return np.concatenate(chosen), np.concatenate(weights)
+            counts = representation_counts(sim, picks)
+            # a pick that represents no sample (a tie with an earlier pick: duplicate gradients) has weight 0 and
+            # would only cost compute (and make an all-zero batch's weighted mean 0/0): left out and topped up below
+            chosen.append(rows[picks][counts > 0])
+            weights.append(counts[counts > 0])
+        return _fill(np.concatenate(chosen), np.concatenate(weights), ctx.n, ctx.n_target, ctx.rng)
 
 
 class GradMatch(GradientRounds):
@@ -210,8 +228,9 @@ class GradMatch(GradientRounds):
     def choose(self, ctx: EpochContext, last: LastLayer) -> tuple[np.ndarray, np.ndarray]:
         val_err = _val_err(last) if self.valid else None
         chosen, weights = [], []
-        # OMP works on the atoms' Gram (n_c^2 float32, from the factors: the gradients are never materialised)
-        for rows, k in self._units(ctx, bytes_per=lambda m: 4.0 * m**2, exponent=2):
+        # OMP works on the atoms' Gram (n_c^2 float32, from the factors: the gradients are never materialised) and
+        # keeps the support's Gram columns (up to n_c^2 more) and proxy_gram's row chunks (1,024 x n_c)
+        for rows, k in self._units(ctx, bytes_per=lambda m: 8.0 * m**2 + 4096.0 * m, exponent=2):
             c = int(ctx.labels[rows[0]])
             e, h = self._block(last.err[rows], last.feats[rows], c)
             gram = proxy_gram(e, h, e, h)
@@ -238,26 +257,18 @@ class GradMatchPB(GradMatch):
         super().__init__(lam=lam, **kwargs)
 
     def _batch_atoms(self, err: np.ndarray, feats: np.ndarray, batch: int) -> np.ndarray:
-        """Mean gradient proxy of each consecutive batch, built a few batches at a time within max_bytes."""
+        """Mean gradient of each consecutive batch, one batch at a time (batch x C x (H + 1) floats at most)."""
         feats = self._feats(feats)
-        starts = np.arange(0, len(err), batch)
-        dim = err.shape[1] * (feats.shape[1] + 1)
-        per_chunk = max(1, int(self.max_bytes // (4 * dim * batch)))
-        atoms = np.empty((len(starts), dim), dtype=np.float32)
-        for i in range(0, len(starts), per_chunk):
-            for j, s in enumerate(starts[i : i + per_chunk], start=i):
-                atoms[j] = grad_proxies(err[s : s + batch], feats[s : s + batch]).mean(0)
+        starts = range(0, len(err), batch)
+        atoms = np.empty((len(starts), err.shape[1] * (feats.shape[1] + 1)), dtype=np.float32)
+        for j, s in enumerate(starts):
+            atoms[j] = grad_proxies(err[s : s + batch], feats[s : s + batch]).mean(0)
         return atoms
-
-    def _summed(self, err: np.ndarray, feats: np.ndarray) -> np.ndarray:
-        """The sum of the samples' gradient proxies, built in chunks within max_bytes."""
-        rows = max(1, int(self.max_bytes // (4 * err.shape[1] * (feats.shape[1] + 1))))
-        return sum(grad_proxies(err[s : s + rows], feats[s : s + rows]).sum(0) for s in range(0, len(err), rows))
 
     def choose(self, ctx: EpochContext, last: LastLayer) -> tuple[np.ndarray, np.ndarray]:
         atoms = self._batch_atoms(last.err, last.feats, ctx.batch_size)
-        if self.valid:
-            target = self._summed(_val_err(last), self._feats(last.val_feats))
+        if self.valid:  # CORDS: the sum of the validation batches' mean gradients, on the same scale as atoms.sum
+            target = self._batch_atoms(_val_err(last), last.val_feats, ctx.batch_size).sum(0)
         else:
             target = atoms.sum(0)  # CORDS sums the per-batch gradients (means) as the target
         k = min(len(atoms), math.ceil(ctx.n_target / ctx.batch_size))

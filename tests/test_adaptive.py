@@ -142,15 +142,23 @@ def test_a_warm_start_trains_on_all_data_then_skips_to_kappa_of_the_epochs_as_co
     assert abs(warm_cost - subset_cost) <= n  # within one full epoch (the ceil)
 
 
-def test_a_warm_start_under_a_samples_budget_spends_kappa_of_it_on_all_data():
+@pytest.mark.parametrize("budget, kappa, warm_samples", [
+    ({"samples": 4000}, 0.3, 1200),  # three whole epochs of 400
+    ({"samples": 2000}, 0.5, 1000),  # two whole epochs and 200 samples of a third
+    ({"steps": 6}, 0.5, 150),        # three steps of 50: less than one epoch
+])
+def test_a_warm_start_under_a_steps_or_samples_budget_spends_exactly_kappa_of_it_on_all_data(budget, kappa,
+                                                                                             warm_samples):
     n, k = 400, 100
-    stage = Scripted(select_every=2, kappa=0.3)
-    out = train(mlp(digits()), digits(), Selection(np.arange(n)), trainer_cfg(epochs=None, samples=4000), 0, CPU,
+    stage = Scripted(select_every=2, kappa=kappa)
+    out = train(mlp(digits()), digits(), Selection(np.arange(n)), trainer_cfg(epochs=None, **budget), 0, CPU,
                 dynamic=stage, epoch_target=k)
     per_epoch = [round(f * n) for _, f in out.epoch_selected_fraction]
-    warm = [c for c in per_epoch if c == n]
-    assert len(warm) == 3 and per_epoch[:3] == [n] * 3  # 1,200 samples: the first 30% of 4,000
-    assert stage.rounds and stage.rounds[0] == 4
+    full, rest = divmod(warm_samples, n)
+    assert per_epoch[:full] == [n] * full
+    assert per_epoch[full] == (rest if rest else k)  # the warm start ends inside an epoch: what is left of it
+    first_subset_epoch = full + (2 if rest else 1)
+    assert stage.rounds and stage.rounds[0] == first_subset_epoch  # selection starts from the warm model
 
 
 def test_per_batch_weights_make_each_step_descend_the_weighted_batch_mean():
@@ -231,6 +239,43 @@ def test_a_gradmatch_round_is_omp_on_each_class_row_of_materialised_gradients(va
     assert np.array_equal(positions[: len(chosen)], chosen)
     assert np.allclose(weights[: len(chosen)], np.concatenate(expected_w), rtol=1e-3, atol=1e-4)
     assert len(positions) == 30 and np.all(weights[len(chosen):] == 1)  # the random top-up
+
+
+def test_craig_leaves_out_picks_that_represent_nobody_and_tops_up_to_the_budget():
+    """Duplicate gradients tie: greedy then picks copies that represent no sample (weight 0)."""
+    labels, last = synthetic_last_layer(n=60, classes=2)
+    dup = np.repeat(np.arange(6), 10)  # 6 distinct samples, 10 copies each
+    last = LastLayer(last.feats[dup], last.err[dup], last.weight, last.bias)
+    labels = labels[dup]
+    positions, weights = Craig().choose(round_ctx(labels, last, 20), last)
+    assert len(positions) == 20 and len(set(positions)) == 20
+    assert np.all(weights > 0)
+
+
+def test_a_gradmatch_pb_round_matches_the_validation_batches_summed_mean_gradients():
+    labels, last = synthetic_last_layer(n=90, n_val=40)
+    ctx = EpochContext(21, 0.5, np.full(90, np.nan, np.float32), labels, 30, np.random.default_rng(0),
+                       batch_size=10, last_layer=lambda: last)
+    positions, weights = GradMatchPB(valid=True).choose(ctx, last)
+    atoms = np.stack([grad_proxies(last.err[s:s + 10], last.feats[s:s + 10]).mean(0) for s in range(0, 90, 10)])
+    logits = last.val_feats @ last.weight.T + last.bias
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    val_err = p / p.sum(1, keepdims=True) - np.eye(3)[last.val_labels]
+    target = sum(grad_proxies(val_err[s:s + 10], last.val_feats[s:s + 10]).mean(0) for s in range(0, 40, 10))
+    picks, w = omp_nonneg(atoms.astype(np.float64), target, 3, 0.0)
+    expected = np.concatenate([np.arange(b * 10, b * 10 + 10) for b in picks])
+    assert np.array_equal(positions[: len(expected)], expected)
+    assert np.allclose(weights[: len(expected)], np.repeat(w, 10), rtol=1e-3)
+
+
+def test_rounds_count_their_forward_passes_and_only_glister_forwards_the_validation_split():
+    data = digits(400, val_fraction=0.1)
+    n = len(data.y_train)
+    for stage, val in ((Craig(select_every=2), 0), (Glister(select_every=2), len(data.y_val))):
+        out = train(mlp(data), data, Selection(np.arange(n)), trainer_cfg(epochs=4), 0, CPU, dynamic=stage,
+                    epoch_target=90)
+        # rounds at epochs 1 (random: no forward) and 3
+        assert out.samples_forwarded == out.samples_backpropagated + n + val
 
 
 # -- each stage in training -----------------------------------------------------------------------------------------
