@@ -196,8 +196,9 @@ CASES = {
 
 # A subprocess costs 0.3-9 s here (2 cores): 0.3 s when the error comes before torch is imported, 2-6 s when the
 # preflight imports torch or runs the model's forward, 7-9 s when the run starts (MLflow) before the file fails.
-# The whole table takes about 160 s; the quick loop (`-m "not slow"`) keeps the issue's four and at least one case
-# of each kind, about 60 s, and CI runs all of them.
+# The whole table takes about 250 s; the quick loop (`-m "not slow"`) keeps the issue's four and at least one case
+# of each kind (a model misfit, a probe setting, a dynamic stage, a validation split, a sweep, a file read in the run,
+# an embeddings file), about 80 s, and CI runs all of them.
 SLOW = {"fraction-0", "betas-out-of-range", "unknown-optimizer-arg", "unknown-scheduler-arg", "too-few-classes-out",
         "negative-model-width", "probe-model-misfit", "cifar-not-there", "semdedup-eps", "pipeline-unknown-stage",
         "dedup-cannot-cut", "pipeline-cannot-cut", "curriculum-pacing", "sweep-bad-value", "npz-missing-array",
@@ -205,7 +206,8 @@ SLOW = {"fraction-0", "betas-out-of-range", "unknown-optimizer-arg", "unknown-sc
         "infobatch-prune-ratio-0", "rs2-select-every-0", "pipeline-dynamic-first", "npz-rows-differ",
         "samples-and-epochs", "craig-select-every-0", "gradmatch-kappa-1", "image-folder-not-found",
         "image-folder-one-class", "image-folder-no-test-set", "image-folder-unreadable", "embeddings-path-null",
-        "embeddings-not-found", "embeddings-not-2d", "embeddings-nan"}
+        "embeddings-not-found", "embeddings-not-2d", "embeddings-nan", "gradmatch-lam-negative",
+        "glister-without-validation", "sweep-model-misfit", "cnn1d-on-images", "unknown-signal"}
 PARAMS = [pytest.param(case, id=name, marks=[pytest.mark.slow] if name in SLOW else []) for name, case in CASES.items()]
 
 
