@@ -74,7 +74,8 @@ def _parts(rows: np.ndarray, bytes_needed: float, max_bytes: int, exponent: int,
 
 def _fill(chosen: np.ndarray, weights: np.ndarray, n: int, k: int,
           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """CORDS's GradMatch tops a short selection up to k with random other samples of weight 1."""
+    """A short selection topped up to k with random other samples of weight 1 (CORDS's GradMatch; Winnow's CRAIG
+    too, after leaving out picks of weight 0)."""
     short = k - len(chosen)
     if short <= 0:
         return chosen, weights
