@@ -20,7 +20,7 @@ from omegaconf.errors import InterpolationResolutionError
 from harness.build import build_dataset, build_optimizer, build_scheduler, build_strategy, check_model_fits
 from harness.data.validation import check_val_fraction
 from harness.errors import UserError, first_line
-from harness.signals import FILE_SIGNAL, PROBE_SIGNALS
+from harness.signals import FILE_SIGNAL, IN_MEMORY_SIGNALS, PROBE_SIGNALS, rows_in_file_message
 from harness.signals.embeddings_file import check_embeddings_file
 from harness.train import BUDGET_UNITS
 from strategies.curriculum import curriculum_label
@@ -335,6 +335,9 @@ def validate(cfg: DictConfig, check_files: bool = True, check_device: bool = Fal
         raise UserError(f"strategy={name} selects against a validation split; expected dataset.val_fraction in "
                         "(0, 0.5]")
     source = build_dataset(cfg)
+    in_memory = sorted(pipeline.needs & set(IN_MEMORY_SIGNALS))
+    if in_memory and cfg.dataset.get("in_memory") is False:  # the npy source reading rows a batch at a time
+        raise UserError(rows_in_file_message(in_memory[0]))
     if check_files:
         source.check()
     _check_models_fit(cfg, source, pipeline, check_files)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from harness.errors import UserError
+from harness.host_rows import HostRows
 from harness.parallel import Local
 from strategies.dynamic import LastLayer
 
@@ -34,26 +35,28 @@ def output_layer(model: nn.Module, x: torch.Tensor) -> nn.Linear:
 
 
 @torch.no_grad()
-def _features(model: nn.Module, layer: nn.Linear, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-              amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(penultimate activations, softmax - onehot) of every row of x, in float32, in batches."""
+def _features(model: nn.Module, layer: nn.Linear, x: torch.Tensor | HostRows, y: torch.Tensor, rows: torch.Tensor,
+              batch_size: int, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(penultimate activations, softmax - onehot) of `rows` of x, in float32, in batches (indexed per batch: rows
+    left in their file are read a batch at a time)."""
     feats, errs = [], []
     captured: list[torch.Tensor] = []
     handle = layer.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0]))
     try:
-        for start in range(0, len(x), batch_size):
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(x[start : start + batch_size])
+                logits = model(x[batch])
             feats.append(captured.pop().float().flatten(1))
             err = torch.softmax(logits.float(), dim=1)
-            err[torch.arange(len(err), device=err.device), y[start : start + batch_size]] -= 1.0
+            err[torch.arange(len(err), device=err.device), y[batch]] -= 1.0
             errs.append(err)
     finally:
         handle.remove()
     return torch.cat(feats), torch.cat(errs)
 
 
-def snapshot(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor | None,
+def snapshot(model: nn.Module, x: torch.Tensor | HostRows, y: torch.Tensor, x_val: torch.Tensor | HostRows | None,
              y_val: torch.Tensor | None, workers: Local | None = None, batch_size: int = 1024,
              amp: bool = False) -> LastLayer:
     """The output layer's parameters and, for every training sample (and validation sample), its penultimate
@@ -67,9 +70,9 @@ def snapshot(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_val: torch.Te
     try:
         layer = output_layer(model, x[:2])
 
-        def rows(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def rows(xs: torch.Tensor | HostRows, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             mine = workers.shard(torch.arange(len(xs), device=xs.device))
-            feats, err = _features(model, layer, xs[mine], ys[mine], batch_size, amp)
+            feats, err = _features(model, layer, xs, ys, mine, batch_size, amp)
             return workers.gather(feats, len(xs)).cpu(), workers.gather(err, len(xs)).cpu()
 
         feats, err = rows(x, y)

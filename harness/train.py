@@ -5,7 +5,8 @@ batches from the same seeded generator and trains on its shard of each. Batches 
 the device; no DataLoader workers for in-memory data. With a curriculum (order + pacing) each batch is drawn from
 the first g(t)*n samples of the order. With a dynamic stage (strategies/dynamic.py) each epoch trains on the
 samples the stage plans from the per-sample losses training recorded, or backpropagates only the samples of each
-forwarded batch the stage keeps.
+forwarded batch the stage keeps. Rows left in their file (the `npy` source, for sets larger than memory) stay on the
+host and each batch is read and copied to the device (harness/host_rows.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import nn
 
 from harness.build import build_optimizer, build_scheduler
 from harness.data import Dataset
+from harness.host_rows import HostRows, on_device
 from harness.last_layer import snapshot
 from harness.parallel import Local
 from harness.seeding import numpy_rng, torch_generator
@@ -97,7 +99,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096, amp: bool = False) -> float:
+def evaluate(model: nn.Module, x: torch.Tensor | HostRows, y: torch.Tensor, batch_size: int = 4096,
+             amp: bool = False) -> float:
     """Top-1 accuracy of `model` on (x, y)."""
     was_training = model.training
     model.eval()
@@ -135,7 +138,7 @@ class _Loop:
         if dynamic is not None and selection.order is not None:
             raise ValueError("a dynamic stage cannot follow a curriculum (an order over the samples)")
         self.device, self.dynamic, self.workers = device, dynamic, workers
-        self.x = torch.from_numpy(data.x_train[selection.indices]).to(device)
+        self.x = on_device(data.x_train, device, selection.indices)  # rows in a file: read a batch at a time
         self.y = torch.from_numpy(data.y_train[selection.indices]).to(device)
         self.labels = data.y_train[selection.indices]
         self.n, self.n_train, self.batch_size = len(self.x), len(data.y_train), cfg.batch_size
@@ -164,7 +167,7 @@ class _Loop:
         self.last_layer = dynamic is not None and dynamic.uses_last_layer
         self.x_val = self.y_val = None  # forwarded at each round only for a stage that selects against them
         if self.last_layer and getattr(dynamic, "needs_validation", False) and data.x_val is not None:
-            self.x_val, self.y_val = torch.from_numpy(data.x_val).to(device), torch.from_numpy(data.y_val).to(device)
+            self.x_val, self.y_val = on_device(data.x_val, device), torch.from_numpy(data.y_val).to(device)
         self.losses = torch.full((self.n,), math.nan, device=device) if record else None
         self.plan: torch.Tensor | None = None  # the current epoch plan's positions (None: every sample)
         self.per_batch_mean = False  # the plan's weights normalised per batch (EpochPlan.per_batch_mean)
@@ -327,7 +330,7 @@ def train(model: nn.Module, data: Dataset, selection: Selection, cfg: DictConfig
     workers = workers if workers is not None else Local()
     loop = _Loop(model, data, selection, cfg, seed, device, dynamic, epoch_target, workers)
     out = loop.out
-    x_test, y_test = torch.from_numpy(data.x_test).to(device), torch.from_numpy(data.y_test).to(device)
+    x_test, y_test = on_device(data.x_test, device), torch.from_numpy(data.y_test).to(device)
     epoch = 0
     while True:
         epoch += 1

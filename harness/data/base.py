@@ -10,15 +10,18 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.data.rows import FileRows
+
 
 @dataclass(frozen=True)
 class Dataset:
-    """A train/test split held in memory: features float32, labels int64."""
+    """A train/test split: features float32, in memory or left in their file (`FileRows`, read a batch at a time by
+    the `npy` source), labels int64 in memory."""
 
     name: str
-    x_train: np.ndarray
+    x_train: np.ndarray | FileRows
     y_train: np.ndarray
-    x_test: np.ndarray
+    x_test: np.ndarray | FileRows
     y_test: np.ndarray
     num_classes: int
     fingerprint: str
@@ -28,7 +31,7 @@ class Dataset:
     y_train_clean: np.ndarray | None = None
     # Set by `dataset.val_fraction` (harness/data/validation.py): a held-out part of the original training set,
     # never trained on; `val_indices` are its rows in the original training set (the rest, in order, is x_train).
-    x_val: np.ndarray | None = None
+    x_val: np.ndarray | FileRows | None = None
     y_val: np.ndarray | None = None
     val_indices: np.ndarray | None = None
 
@@ -37,10 +40,14 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
 
-def fingerprint(*arrays: np.ndarray) -> str:
-    """sha256 over dtype, shape and bytes of each array: names the data's content, not its path."""
+def fingerprint(*arrays: np.ndarray | FileRows) -> str:
+    """sha256 over dtype, shape and bytes of each array: names the data's content, not its path. Rows left in their
+    file contribute the file's cached content hash and which rows (reading every byte is what they avoid)."""
     h = hashlib.sha256()
     for a in arrays:
+        if isinstance(a, FileRows):
+            h.update(f"file{a.shape}{a.content_digest}".encode())
+            continue
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(memoryview(a).cast("B"))

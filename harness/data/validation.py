@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 
 from harness.data.base import Dataset, fingerprint
+from harness.data.rows import FileRows
 from harness.errors import UserError
 from harness.seeding import numpy_rng
 
@@ -46,6 +47,10 @@ def split_validation(data: Dataset, fraction: float | None, seed: int) -> Datase
                         "training samples; expected a larger fraction")
     keep = np.ones(len(data.y_train), dtype=bool)
     keep[val] = False
-    x, y = data.x_train[keep], data.y_train[keep]
-    return dataclasses.replace(data, x_train=x, y_train=y, x_val=data.x_train[val], y_val=data.y_train[val],
+    y = data.y_train[keep]
+    if isinstance(data.x_train, FileRows):  # rows left in their file: views of it (indexing would read them all)
+        x, x_val = data.x_train.subset(np.flatnonzero(keep)), data.x_train.subset(val)
+    else:
+        x, x_val = data.x_train[keep], data.x_train[val]
+    return dataclasses.replace(data, x_train=x, y_train=y, x_val=x_val, y_val=data.y_train[val],
                                val_indices=val, fingerprint=fingerprint(x, y, data.x_test, data.y_test))

@@ -17,3 +17,10 @@ DATA_SIGNALS = ("inputs", "raw", "projection")
 # Embeddings computed elsewhere, read from `embeddings.path` (harness/signals/embeddings_file.py): no probe either.
 FILE_SIGNAL = "file"
 ALL_SIGNALS = PROBE_SIGNALS + DATA_SIGNALS + (FILE_SIGNAL,)
+# Data signals that are every training row in memory: not for rows left in their file (`dataset.in_memory=false`).
+IN_MEMORY_SIGNALS = ("inputs", "raw")
+
+
+def rows_in_file_message(signal: str) -> str:
+    return (f"dataset.in_memory=false: signal {signal} is every training row in memory; expected dataset.in_memory=true"
+            " (when they fit), or strategy.embedding=projection or file where the strategy takes it")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -20,13 +21,16 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from harness.data import Dataset, atomic_save_npz
-from harness.signals import DATA_SIGNALS, PROBE_SIGNALS
+from harness.data.rows import FileRows
+from harness.errors import UserError
+from harness.signals import DATA_SIGNALS, IN_MEMORY_SIGNALS, PROBE_SIGNALS, rows_in_file_message
 
 if TYPE_CHECKING:
     import torch
 
     from harness.meters import Meter
 
+PROJECTION_CHUNK_BYTES = 64 << 20  # rows left in their file are projected this many bytes at a time
 CACHE_VERSION = 2  # bump when the probe's computation changes, so old caches are not read
 
 
@@ -85,9 +89,18 @@ def data_signal(name: str, data: Dataset, seed: int, projection_dim: int) -> np.
     from harness.seeding import numpy_rng  # imports torch: kept out of the preflight's imports
     from strategies.base import l2_normalise
 
+    x = data.x_train
+    if isinstance(x, FileRows):  # rows left in their file: only the projection is small enough to hold
+        if name in IN_MEMORY_SIGNALS:
+            raise UserError(rows_in_file_message(name))
+        dim = math.prod(x.shape[1:])
+        proj = numpy_rng(seed, "projection").standard_normal((dim, projection_dim), dtype=np.float32)
+        chunk = max(1, PROJECTION_CHUNK_BYTES // (4 * dim))
+        return l2_normalise(np.concatenate([l2_normalise(x.take(slice(i, i + chunk))) @ proj
+                                            for i in range(0, len(x), chunk)]))
     if name == "inputs":
-        return data.x_train
-    raw = l2_normalise(data.x_train)
+        return x
+    raw = l2_normalise(x)
     if name == "raw":
         return raw
     proj = numpy_rng(seed, "projection").standard_normal((raw.shape[1], projection_dim), dtype=np.float32)

@@ -12,6 +12,7 @@ from harness.build import build_model
 from harness.data import Dataset
 from harness.errors import UserError
 from harness.flops import step_flops
+from harness.host_rows import HostRows, on_device
 from harness.seeding import derive_seed
 from harness.signals import scores
 from harness.train import train
@@ -19,7 +20,7 @@ from strategies import Selection
 
 
 @torch.no_grad()
-def _outputs(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+def _outputs(model: nn.Module, x: torch.Tensor | HostRows, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """(penultimate features, logits) for all of x, float32, in eval mode; features are the head's input."""
     feats: list[torch.Tensor] = []
     hook = model.head.register_forward_hook(lambda _m, inp, _out: feats.append(inp[0].float()))
@@ -46,7 +47,7 @@ def run_probe(cfg: DictConfig, data: Dataset, device: torch.device) -> dict[str,
     trainer_cfg = OmegaConf.merge(cfg.trainer, {"epochs": probe.epochs, "steps": None, "samples": None, "workers": 1,
                                                 "eval_every_epochs": probe.epochs, "target_accuracy": None,
                                                 "stop_at_target": False})
-    x = torch.from_numpy(data.x_train).to(device)
+    x = on_device(data.x_train, device)  # rows in a file are read a batch at a time
     y_np = data.y_train
     n, epochs = len(y_np), probe.epochs
     y = torch.from_numpy(y_np).to(device)
