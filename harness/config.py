@@ -17,6 +17,7 @@ from hydra.utils import get_method
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
+from harness.augment import check_augment
 from harness.build import build_dataset, build_optimizer, build_scheduler, build_strategy, check_model_fits
 from harness.data.validation import check_val_fraction
 from harness.errors import UserError, first_line
@@ -56,6 +57,9 @@ class TrainerConfig:
     workers: int = 1  # data-parallel workers for one trial
     target_accuracy: float | None = None  # time-to-accuracy: log tta_s/tta_steps/tta_energy_j when test acc reaches it
     stop_at_target: bool = False  # end training at the first evaluation that reaches target_accuracy
+    augment: str | None = None  # per training batch, on the device (harness/augment.py): null | crop_flip
+    crop_padding: int = 4  # crop_flip: reflect padding in pixels on each side before the random crop back to size
+    label_smoothing: float = 0.0  # cross-entropy label smoothing (Szegedy et al. 2016) of the training loss
 
 
 @dataclass
@@ -157,6 +161,13 @@ def config_hash(cfg: DictConfig) -> str:
         d["dataset"].pop("val_fraction", None)  # likewise
     if isinstance(d.get("embeddings"), dict) and d["embeddings"].get("path") is None:
         d.pop("embeddings")  # likewise
+    trainer = d.get("trainer")
+    if isinstance(trainer, dict):  # likewise: no augmentation (its padding then means nothing), no smoothing
+        if trainer.get("augment") is None:
+            trainer.pop("augment", None)
+            trainer.pop("crop_padding", None)
+        if trainer.get("label_smoothing", 0) == 0:
+            trainer.pop("label_smoothing", None)
     strategy = d.get("strategy")
     if isinstance(strategy, dict) and "_target_" in strategy:
         if "fraction" in strategy:
@@ -241,8 +252,8 @@ def _check_optimizer(t: DictConfig) -> None:
 
 def _check_models_fit(cfg: DictConfig, source: Any, pipeline: Pipeline, check_files: bool) -> None:
     """One forward of the model (and the probe's model, when the strategy trains a probe) on samples shaped as the
-    dataset's, when the source knows that shape cheaply. A file's shape only where files are checked: in a sweep a
-    missing or malformed file fails its own trial."""
+    dataset's, when the source knows that shape cheaply, and the trainer's augmentation against that shape. A file's
+    shape only where files are checked: in a sweep a missing or malformed file fails its own trial."""
     if getattr(source, "peek_reads_files", False) and not check_files:
         return
     peeked = source.peek() if hasattr(source, "peek") else None  # a user's own source may not have it
@@ -252,6 +263,7 @@ def _check_models_fit(cfg: DictConfig, source: Any, pipeline: Pipeline, check_fi
     dataset = cfg.dataset.get("name", cfg.dataset._target_)
     if cfg.dataset.get("path"):  # a user's file: its name says more than the source's
         dataset = f"{dataset} ({cfg.dataset.path})"
+    check_augment(cfg.trainer.augment, cfg.trainer.crop_padding, shape, dataset)
     check_model_fits(cfg.model, "model", dataset, shape, num_classes,
                      output_linear=getattr(pipeline.dynamic, "uses_last_layer", False))
     if cfg.probe.model is not None and pipeline.needs & set(PROBE_SIGNALS):
@@ -311,6 +323,11 @@ def validate(cfg: DictConfig, check_files: bool = True, check_device: bool = Fal
         raise UserError(f"trainer.target_accuracy={t.target_accuracy}: expected a number in (0, 1] or null")
     if t.stop_at_target and t.target_accuracy is None:
         raise UserError("trainer.stop_at_target=true: expected trainer.target_accuracy to be set")
+    if isinstance(t.label_smoothing, bool) or not 0 <= t.label_smoothing < 1:
+        raise UserError(f"trainer.label_smoothing={t.label_smoothing}: expected a number in [0, 1)")
+    if isinstance(t.crop_padding, bool) or t.crop_padding < 0:
+        raise UserError(f"trainer.crop_padding={t.crop_padding}: expected an integer >= 0")
+    check_augment(t.augment, t.crop_padding)
     c = cfg.cost
     if c.watts_per_core is not None and c.watts_per_core <= 0:
         raise UserError(f"cost.watts_per_core={c.watts_per_core}: expected a positive number or null")

@@ -91,3 +91,46 @@ class ResNet18(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+class _ConvGroup(nn.Sequential):
+    """airbench's block: 3x3 conv, 2x2 max-pool, BN, GELU, 3x3 conv, BN, GELU (pooling before the norm is cheaper)."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.MaxPool2d(2), _frozen_scale_bn(c_out),
+                         nn.GELU(), nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), _frozen_scale_bn(c_out),
+                         nn.GELU())
+
+
+def _frozen_scale_bn(channels: int) -> nn.BatchNorm2d:
+    """BatchNorm whose scale stays 1 (only the bias trains), as in airbench and hlb-CIFAR10."""
+    bn = nn.BatchNorm2d(channels, eps=1e-12)
+    bn.weight.requires_grad_(False)
+    return bn
+
+
+class AirbenchNet(nn.Module):
+    """The network of airbench (Jordan 2024, "94% on CIFAR-10 in 3.29 seconds on a single GPU", from tysam-code's
+    hlb-CIFAR10), as in its ablation baseline (standard initialisation; the final airbench94 adds a patch-whitening
+    first layer, identity initialisation and lookahead): a 2x2 stem conv to 24 channels, BN, GELU; three conv
+    groups of widths `width`, 4x`width`, 4x`width`; global max-pool; a bias-free linear head on features scaled by
+    `logit_scale` (1/9: small logits early in training). 1.97M parameters at width 64 on CIFAR.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int = 64,
+                 logit_scale: float = 1 / 9) -> None:
+        super().__init__()
+        channels = input_shape[0]
+        stem = 2 * channels * 2 * 2  # airbench's whitening width: two filters per 2x2 patch dimension
+        widths = [width, 4 * width, 4 * width]
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, stem, 2, bias=False), _frozen_scale_bn(stem), nn.GELU(),
+            _ConvGroup(stem, widths[0]), _ConvGroup(widths[0], widths[1]), _ConvGroup(widths[1], widths[2]),
+            nn.AdaptiveMaxPool2d(1), nn.Flatten(),  # on 32x32 inputs: airbench's MaxPool2d(3) over the last 3x3 map
+        )
+        self.logit_scale = logit_scale
+        # scaling the head's input equals scaling its output (no bias), and keeps the output a Linear's (last_layer)
+        self.head = nn.Linear(widths[2], num_classes, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x) * self.logit_scale)

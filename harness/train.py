@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from harness.augment import build_augment
 from harness.build import build_optimizer, build_scheduler
 from harness.data import Dataset
 from harness.host_rows import HostRows, on_device
@@ -161,6 +162,9 @@ class _Loop:
         self.scheduler = build_scheduler(cfg, self.optimizer, self.nominal_steps)
         self.scheduled = 0  # scheduler steps taken: follows the budget's progress (see `_advance_schedule`)
         self.gen = torch_generator(seed, "data_order", device)
+        # training batches only; its draws come from the data-order stream, so the seed still fixes the run
+        self.augment = build_augment(cfg.get("augment"), cfg.get("crop_padding", 4), self.gen)
+        self.label_smoothing = cfg.get("label_smoothing", 0.0)
         self.rng = numpy_rng(seed, "dynamic_selection")
         record = dynamic is not None and dynamic.uses_losses
         # the gradient-matching stages forward the pool (and the validation split) at each round
@@ -204,9 +208,12 @@ class _Loop:
         """Forward, backward and optimizer step on a global batch of positions (this rank's shard of it)."""
         workers = self.workers
         mine = workers.shard(batch)
+        x = self.x[mine]
+        if self.augment is not None:
+            x = self.augment(x, len(batch), workers.shard(torch.arange(len(batch), device=self.device)))
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            logits = self.step_model(self.x[mine])
-        losses = F.cross_entropy(logits.float(), self.y[mine], reduction="none")
+            logits = self.step_model(x)
+        losses = F.cross_entropy(logits.float(), self.y[mine], reduction="none", label_smoothing=self.label_smoothing)
         if self.losses is not None and not self.dynamic.per_batch:  # recorded from the training forward itself
             self.losses[batch] = workers.gather(losses.detach(), len(batch))
         if self.w is not None:
