@@ -4,7 +4,8 @@ The trial computes the selection once; every worker gets the same model initiali
 dynamic stage, and runs harness/train.py's loop as one rank of `harness.parallel.Distributed`: the same global
 batches (same seeded generator) as single-worker training, each rank training on its shard and scaling its loss
 so that DDP's gradient average equals the gradient of the whole batch. Per-sample losses are gathered, so a
-dynamic stage plans the same epoch on every rank. NCCL on GPUs, gloo on the CPU. Rank 0 sends the trained
+dynamic stage plans the same epoch on every rank. NCCL on whole GPUs, gloo on the CPU and on shared GPUs
+(`hydra.launcher.num_gpus=0.5`: two workers on one GPU, which NCCL refuses). Rank 0 sends the trained
 weights and the outcome back as a checkpoint.
 
 Inside a sweep the launcher passes each worker's resources (`hydra.launcher.num_cpus/num_gpus`);
@@ -83,7 +84,8 @@ def train_ddp(model: nn.Module, data: Dataset, selection: Selection, cfg: DictCo
                                    "dynamic": dynamic, "epoch_target": epoch_target,
                                    "trainer": OmegaConf.to_container(cfg, resolve=True),
                                    "threads": max(1, int(resources["CPU"]))},
-                torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+                # NCCL refuses two ranks on one GPU (workers with a fraction of a GPU each): gloo shares it
+                torch_config=TorchConfig(backend="nccl" if use_gpu and resources["GPU"] >= 1 else "gloo"),
                 scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu,
                                              resources_per_worker={k: v for k, v in resources.items() if v > 0}),
                 run_config=RunConfig(storage_path=storage, name="ddp"),
