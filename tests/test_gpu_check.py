@@ -24,6 +24,7 @@ def results(out) -> dict:
 
 
 @needs_no_gpu
+@pytest.mark.slow  # runs part (a)'s trials at a tiny size: 10-30 s on 2 cores
 def test_without_a_gpu_it_says_so_in_one_line_runs_the_cpu_parts_and_exits_0(tmp_path, capsys):
     assert gpu_check.main(["--out", str(tmp_path)]) == 0  # without a GPU: tiny sizes, seconds
     printed = capsys.readouterr().out.splitlines()
