@@ -23,6 +23,7 @@ from harness.data.rows import FileRows
 from harness.data.sources import Digits
 from harness.data.validation import split_validation
 from harness.errors import UserError
+from harness.host_rows import HostRows
 from harness.models import MLP
 from harness.train import train
 from strategies import Selection
@@ -245,3 +246,23 @@ def test_a_training_set_in_a_file_trains_without_its_size_in_memory(tmp_path):
     accuracy = float(last.split("test_accuracy=")[1].split()[0])
     assert accuracy > 0.2  # it learned (10 classes)
     assert peak - baseline < 0.15 * size
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: pinned, non-blocking batch copies")
+def test_batches_reach_the_gpu_intact_and_train_as_in_memory(tmp_path):
+    paths = write_digits(tmp_path)
+    device = torch.device("cuda")
+    data = NPY(**paths).load(tmp_path / "cache")
+    rows = HostRows(data.x_train, device)
+    positions = torch.randperm(len(rows), device=device)[:300]
+    batch = rows[positions]
+    assert batch.device.type == "cuda"
+    np.testing.assert_array_equal(batch.cpu().numpy(), d0.x_train[positions.cpu().numpy()])
+    accuracies = []
+    for in_memory in (False, True):
+        torch.manual_seed(0)
+        model = MLP(data.input_shape, 10)
+        source = NPY(**paths, in_memory=in_memory).load(tmp_path / "cache")
+        out = train(model, source, Selection(np.arange(len(d0.y_train))), trainer_cfg(epochs=3), 0, device)
+        accuracies.append(out.final_test_accuracy)
+    assert accuracies[0] > 0.85 and abs(accuracies[0] - accuracies[1]) <= 0.01  # same batches; GPU kernels may differ
