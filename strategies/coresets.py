@@ -53,12 +53,19 @@ def kcenter_greedy(x: np.ndarray, k: int, first: int, batch: int = 128) -> np.nd
     centre's distance column is a memory-bound GEMV over all of `x`; instead the columns of the `batch` points
     with the largest current distance (the likely next centres) are computed together as one compute-bound GEMM,
     and a column is recomputed only when the argmax falls outside the batch.
+
+    Ties are equal distances up to the rounding of ||a||^2 - 2 a.b + ||b||^2 (about d * eps * ||x||^2): in that
+    form exact copies of a row differ by +-1e-15 (a copy of a centre may even come out below 0), so without the
+    tolerance the copy taken would depend on rounding, not position. Once every distinct row is a centre, the
+    remaining copies (all at distance 0) follow in position order.
     """
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)  # float64: distances exact enough to match a reference
-    n = len(x)
+    n, d = x.shape
     k = min(k, n)
     sq = np.einsum("ij,ij->i", x, x)
+    tie = 8.0 * (d + 2) * np.finfo(np.float64).eps * float(sq.max(initial=0.0))  # bound on the rounding above
     mind = np.full(n, np.inf)
+    taken = np.zeros(n, dtype=bool)  # not mind's sign: an untaken copy of a centre may round below 0
     chosen = np.empty(k, dtype=np.int64)
     cols: dict[int, int] = {}
     block = np.empty((0, n))
@@ -73,12 +80,14 @@ def kcenter_greedy(x: np.ndarray, k: int, first: int, batch: int = 128) -> np.nd
                 cand = np.argpartition(-mind, m - 1)[:m]
                 if nxt not in cand:
                     cand[0] = nxt
-                cand = cand[mind[cand] >= 0]  # centres already taken need no column
+                cand = cand[~taken[cand]]  # centres already taken need no column
             block = sq[cand, None] - 2.0 * (x[cand] @ x.T) + sq[None, :]
             cols = {int(p): j for j, p in enumerate(cand)}
         np.minimum(mind, block[cols.pop(nxt)], out=mind)
-        mind[nxt] = -1.0  # taken: never the argmax again
-        nxt = int(np.argmax(mind))
+        taken[nxt] = True
+        mind[nxt] = -np.inf  # never a candidate again, whatever the tie tolerance
+        if t + 1 < k:
+            nxt = int(np.argmax(mind >= mind.max() - tie))  # lowest position among the (near-)equal farthest
     return chosen
 
 

@@ -73,6 +73,38 @@ def test_kcenter_stage_uses_seeded_first_centre_and_class_balance():
     assert np.array_equal(sel, np.sort(ref)) and np.bincount(labels[sel]).tolist() == [6, 6, 6]
 
 
+def naive_farthest_point(x, k, first):
+    """O(nk) farthest-point traversal on exact differences: a copy of a centre is at exactly 0."""
+    x = x.astype(np.float64)
+    mind, taken, chosen = np.full(len(x), np.inf), np.zeros(len(x), bool), []
+    nxt = first
+    for _ in range(k):
+        chosen.append(nxt)
+        taken[nxt] = True
+        mind = np.minimum(mind, ((x - x[nxt]) ** 2).sum(1))
+        best = max((mind[i] for i in range(len(x)) if not taken[i]), default=None)
+        nxt = next((i for i in range(len(x)) if not taken[i] and mind[i] == best), None)  # lowest position
+    return np.array(chosen)
+
+
+@pytest.mark.parametrize("batch", [1, 4, 128])
+def test_kcenter_greedy_on_exact_duplicates_equals_naive_reference(batch):
+    # 2-30 distinct rows, each repeated 2-5 times, shuffled; k from the distinct count up to n. Before the fix a
+    # copy of a centre could round to a distance below 0, be taken for a centre and crash the batch (KeyError).
+    beyond_distinct = 0
+    for seed in range(100):
+        rng = np.random.default_rng(seed)
+        n_distinct, d = int(rng.integers(2, 31)), int(rng.integers(1, 17))
+        rows_ = rng.normal(size=(n_distinct, d)).astype(np.float32)
+        x = np.repeat(rows_, rng.integers(2, 6, size=n_distinct), axis=0)
+        x = x[rng.permutation(len(x))]
+        k, first = int(rng.integers(n_distinct, len(x) + 1)), int(rng.integers(len(x)))
+        got = kcenter_greedy(x, k, first=first, batch=batch)
+        assert np.array_equal(got, naive_farthest_point(x, k, first)), f"seed {seed}"
+        beyond_distinct += k > n_distinct
+    assert beyond_distinct > 50  # most cases take copies once every distinct row is a centre
+
+
 def test_all_identical_inputs_kcenter_and_herding_still_return_k_distinct():
     x = np.ones((10, 3))
     assert np.array_equal(kcenter_greedy(x, 4, first=7), [7, 0, 1, 2])  # ties go to the lowest position
