@@ -22,14 +22,26 @@ from strategies.base import (
 KEEP = ("hard", "easy")
 
 
-def top_k(scores: np.ndarray, k: int, keep: str = "hard") -> np.ndarray:
-    """Positions of the k highest (hard) or lowest (easy) scores; ties go to the lower position."""
+def top_k(scores: np.ndarray, k: int, keep: str = "hard", rng: np.random.Generator | None = None) -> np.ndarray:
+    """Positions of the k highest (hard) or lowest (easy) scores.
+
+    Ties: with `rng`, a uniform random subset of the tied scores (the positions are visited in a seeded random
+    permutation, then sorted stably by score); without, the lower positions.
+    """
     key = -scores if keep == "hard" else scores
-    return np.argsort(key, kind="stable")[:k]
+    if rng is None:
+        return np.argsort(key, kind="stable")[:k]
+    perm = rng.permutation(len(key))
+    return perm[np.argsort(key[perm], kind="stable")[:k]]
 
 
 class ScoreCoreset(BaseStage):
-    """Keep the hardest (or easiest) samples by one signal: EL2N, GraNd, forgetting, uncertainty, loss, ..."""
+    """Keep the hardest (or easiest) samples by one signal: EL2N, GraNd, forgetting, uncertainty, loss, ...
+
+    Ties are broken by a seeded random permutation from the selection's generator: forgetting counts are small
+    integers (many samples at 0, or at the same count), and taking the lowest indices among them would select by
+    the dataset's storage order. One permutation is drawn per class with `class_balance`, after the quotas.
+    """
 
     def __init__(self, signal: str, keep: str = "hard", class_balance: bool = False) -> None:
         check_choice("keep", keep, KEEP)
@@ -42,7 +54,7 @@ class ScoreCoreset(BaseStage):
             raise SelectionError(f"signal={self.signal}: expected one score per sample, got shape {scores.shape}")
         s = scores[ctx.candidates]
         return Selection(pick_balanced(ctx, ctx.n_target, self.class_balance,
-                                       lambda pos, q: pos[top_k(s[pos], q, self.keep)]))
+                                       lambda pos, q: pos[top_k(s[pos], q, self.keep, ctx.rng)]))
 
 
 def kcenter_greedy(x: np.ndarray, k: int, first: int, batch: int = 128) -> np.ndarray:

@@ -125,6 +125,39 @@ def test_score_coreset_keeps_hardest_or_easiest_and_fraction_edges():
     assert len(one) == 1 and one[0] == np.flatnonzero(labels == c)[np.argmax(s[labels == c])]
 
 
+@pytest.mark.parametrize("keep", ["hard", "easy"])
+def test_score_coreset_breaks_ties_by_a_seeded_random_subset(keep):
+    n, labels = 200, np.zeros(200, int)
+    tied = np.zeros(n)  # forgetting: everything learned once and never forgotten
+
+    def kept(seed, scores=tied, class_balance=False, lab=labels):
+        c = ctx(lab, 0.25, seed=seed, forgetting=scores)
+        return ScoreCoreset("forgetting", keep=keep, class_balance=class_balance).select(c).indices
+
+    a, b = kept(0), kept(1)
+    assert len(a) == 50 and not np.array_equal(a, np.arange(50))  # not the lowest indices
+    assert not np.array_equal(a, b) and np.array_equal(a, kept(0))  # differs between seeds, same for a seed
+    assert np.mean(a) == pytest.approx((n - 1) / 2, abs=25)  # spread over the whole set, not one end
+    # reference: a uniform subset among the tied is the first 50 of the seed's permutation
+    assert np.array_equal(a, np.sort(np.random.default_rng(0).permutation(n)[:50]))
+    # scores without ties still keep exactly the top k
+    s = np.random.default_rng(2).permutation(n).astype(float)
+    ref = np.argsort(-s if keep == "hard" else s)[:50]
+    assert np.array_equal(kept(0, s), np.sort(ref)) and np.array_equal(kept(5, s), np.sort(ref))
+    # a tie at the boundary: the 30 strictly better samples, then 20 of the 40 tied at the cut
+    grade = np.r_[np.full(30, 5.0), np.full(40, 2.0), np.zeros(130)]
+    where = np.random.default_rng(3).permutation(n)  # sample where[i] gets grade[i]
+    scores = np.empty(n)
+    scores[where] = grade if keep == "hard" else -grade
+    sel = set(kept(4, scores).tolist())
+    assert set(where[:30].tolist()) <= sel and len(sel & set(where[30:70].tolist())) == 20
+    # with class balance each class's tied members are drawn at random too
+    lab2 = np.repeat([0, 1], 100)
+    bal = kept(0, tied, True, lab2)
+    assert np.bincount(lab2[bal]).tolist() == [25, 25]
+    assert not np.array_equal(bal, np.r_[np.arange(25), np.arange(100, 125)])
+
+
 def brute_ccs(scores, k, beta, n_strata, rng):
     n = len(scores)
     cut = set(np.argsort(-scores, kind="stable")[: int(beta * n)].tolist())
