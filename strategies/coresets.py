@@ -187,10 +187,13 @@ def nearest_centroid(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, 
 
 
 class Prototypes(BaseStage):
-    """Self-supervised prototypes (Sorscher et al. 2022): score = cosine distance to the nearest k-means centroid.
+    """Prototypes (Sorscher et al. 2022): score = cosine distance to the nearest spherical k-means centroid.
 
-    keep: hard keeps the samples farthest from their prototype (the paper's choice for large data), easy the
-    nearest (its choice for small data).
+    The paper's metric is *self-supervised*: k-means on SwAV embeddings, no labels. Winnow's default
+    (`embedding: embeddings`) clusters the supervised probe's penultimate features instead, a deviation, so that
+    config is named `prototypes-supervised`; for the paper's method pass `embedding: file` with self-supervised
+    embeddings (`embeddings.path`). keep: hard keeps the samples farthest from their prototype (the paper's choice
+    for large data), easy the nearest (its choice for small data).
     """
 
     def __init__(self, embedding: str = "embeddings", n_clusters: int = 10, keep: str = "hard",

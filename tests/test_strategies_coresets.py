@@ -205,6 +205,12 @@ def test_prototypes_score_is_distance_to_nearest_faiss_centroid(seed):
     assert np.array_equal(sel, np.sort(np.argsort(-dist, kind="stable")[:60]))
 
 
+def test_prototypes_on_the_supervised_probe_is_labelled_so(compose_cfg):
+    # Sorscher et al.'s prototypes are self-supervised; on the probe's supervised features the label must say so
+    cfg = compose_cfg("strategy=prototypes").strategy
+    assert cfg.embedding == "embeddings" and cfg.name == "prototypes-supervised"
+
+
 def test_more_clusters_than_samples_is_a_clear_error():
     x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
     with pytest.raises(SelectionError, match="n_clusters=20: expected between 1 and the number of candidates"):
