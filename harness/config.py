@@ -78,10 +78,13 @@ class CorruptionConfig:
 class ProbeConfig:
     """The proxy training that per-sample signals come from (harness/signals); runs only for strategies that need it."""
 
-    model: Any = None  # proxy model config (a mapping with _target_); null: the trial's model
-    epochs: int = 20  # proxy training epochs, with the trial's optimizer and batch size
-    runs: int = 2  # independent proxy runs (own init and data order); EL2N/GraNd/forgetting averaged over them
-    score_epoch: int = 10  # epoch whose outputs give EL2N and GraNd (Paul et al. 2021 score early in training)
+    # Defaults follow the papers; harness/signals/plan.py says how they combine, docs/strategies.md what each costs.
+    model: Any = None  # proxy model config (a mapping with _target_); null: the trial's model (SVP: a smaller one)
+    epochs: int | None = None  # probe length L in epochs, with the trial's recipe; null: the trial's budget in epochs
+    runs: int | None = None  # independent runs, averaged; null: 10 for early scores alone (Paul et al.), else 1
+    score_at: float = 0.1  # EL2N, last-layer GraNd, early embeddings at this fraction of L (Paul et al.: 20 of 200)
+    grand_at: float = 0.0  # GraNd over all parameters at this fraction of L; 0: at initialisation (Paul et al.)
+    subset: float = 1.0  # fraction of the training set the probe trains on (seeded, stratified); scores cover all
     projection_dim: int = 128  # width of the `projection` signal (random projection of the raw inputs)
 
 
@@ -337,10 +340,15 @@ def validate(cfg: DictConfig, check_files: bool = True, check_device: bool = Fal
             raise UserError(f"cost.{key}={c[key]}: expected a {kind} number")
 
     p = cfg.probe
-    for key in ("epochs", "runs", "score_epoch", "projection_dim"):
-        _positive_int(f"probe.{key}", p[key])
-    if p.score_epoch > p.epochs:
-        raise UserError(f"probe.score_epoch={p.score_epoch}: expected at most probe.epochs ({p.epochs})")
+    for key in ("epochs", "runs", "projection_dim"):
+        if p[key] is not None or key == "projection_dim":
+            _positive_int(f"probe.{key}", p[key])
+    for key in ("score_at", "grand_at"):
+        if isinstance(p[key], bool) or not 0 <= p[key] <= 1:
+            raise UserError(f"probe.{key}={p[key]}: expected a fraction of the probe's training in [0, 1] (0: at "
+                            "initialisation)")
+    if isinstance(p.subset, bool) or not 0 < p.subset <= 1:
+        raise UserError(f"probe.subset={p.subset}: expected a fraction of the training set in (0, 1]")
     if p.model is not None:
         _check_target("probe.model", p.model)
 

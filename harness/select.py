@@ -18,7 +18,7 @@ from harness.data import Dataset
 from harness.errors import UserError
 from harness.seeding import numpy_rng
 from harness.signals import FILE_SIGNAL
-from harness.signals.compute import compute_signals
+from harness.signals.compute import compute_signals, signals_lock
 from harness.signals.embeddings_file import load_embeddings
 from strategies.base import Selection, SelectionContext, SelectionError, Stage
 from strategies.pipeline import Pipeline
@@ -69,18 +69,21 @@ def run_selection(cfg: DictConfig, stage: Pipeline, data: Dataset, device: torch
     signals: dict[str, np.ndarray] = {}
     if stage.needs:
         emb = None
-        with meter.stage("probe"):
-            signals, probe = compute_signals(stage.needs, cfg, data, device)
-            if FILE_SIGNAL in stage.needs:  # embeddings computed elsewhere: reading the file is this stage's cost
-                emb = load_embeddings(cfg.embeddings.path, data)
-                signals[FILE_SIGNAL] = emb.rows
+        # the lock spans the probe and the booking of its cost, so a trial waiting on it finds both
+        with signals_lock(stage.needs, cfg, data, device):
+            with meter.stage("probe"):
+                signals, probe = compute_signals(stage.needs, cfg, data, device)
+                if FILE_SIGNAL in stage.needs:  # embeddings computed elsewhere: reading the file is this stage's cost
+                    emb = load_embeddings(cfg.embeddings.path, data)
+                    signals[FILE_SIGNAL] = emb.rows
+            if probe is not None:
+                probe.charge(meter)
         embedding = sorted({e for s in stage.stages if isinstance(e := getattr(s, "embedding", None), str)})
         if embedding:
             run.tags({"embedding": ",".join(embedding)})
         if emb is not None:
             run.tags({"embeddings_fingerprint": emb.fingerprint})
         if probe is not None:
-            probe.charge(meter)
             run.tags({"cache_hit": probe.cache_hit})
             run.metrics(probe.metrics())
 

@@ -135,10 +135,10 @@ class _Loop:
 
     def __init__(self, model: nn.Module, data: Dataset, selection: Selection, cfg: DictConfig, seed: int,
                  device: torch.device, dynamic: DynamicStage | None, epoch_target: int | None,
-                 workers: Local) -> None:
+                 workers: Local, on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> None:
         if dynamic is not None and selection.order is not None:
             raise ValueError("a dynamic stage cannot follow a curriculum (an order over the samples)")
-        self.device, self.dynamic, self.workers = device, dynamic, workers
+        self.device, self.dynamic, self.workers, self.on_batch = device, dynamic, workers, on_batch
         self.x = on_device(data.x_train, device, selection.indices)  # rows in a file: read a batch at a time
         self.y = torch.from_numpy(data.y_train[selection.indices]).to(device)
         self.labels = data.y_train[selection.indices]
@@ -214,6 +214,8 @@ class _Loop:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             logits = self.step_model(x)
         losses = F.cross_entropy(logits.float(), self.y[mine], reduction="none", label_smoothing=self.label_smoothing)
+        if self.on_batch is not None:  # each presentation's correctness, before this step's update (forgetting)
+            self.on_batch(batch, workers.gather((logits.detach().argmax(1) == self.y[mine]), len(batch)))
         if self.losses is not None and not self.dynamic.per_batch:  # recorded from the training forward itself
             self.losses[batch] = workers.gather(losses.detach(), len(batch))
         if self.w is not None:
@@ -321,12 +323,17 @@ class _Loop:
 
 
 def train(model: nn.Module, data: Dataset, selection: Selection, cfg: DictConfig, seed: int,
-          device: torch.device, on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+          device: torch.device, on_epoch_end: Callable[[int, nn.Module], bool | None] | None = None,
           meter: Meter | None = None, dynamic: DynamicStage | None = None, epoch_target: int | None = None,
-          workers: Local | None = None) -> TrainOutcome:
+          workers: Local | None = None,
+          on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> TrainOutcome:
     """Train `model` in place on the selected samples for the budget in `cfg`; evaluate every few epochs.
 
-    `on_epoch_end(epoch, model)` runs after each epoch's steps (the signal probe records per-epoch outputs there).
+    `on_epoch_end(epoch, model)` runs after each epoch's steps (the signal probe records per-epoch outputs there);
+    when it returns True, that epoch is the last (evaluated, then training ends: a probe that only needs early
+    scores stops there, its lr schedule still the full length's). `on_batch(positions, correct)` sees each
+    training batch's positions and whether each sample was classified correctly by the step's own forward, before
+    the update (Toneva et al.'s per-presentation forgetting).
     `meter` (optional) gives the energy for time-to-accuracy and the anytime curve. `dynamic` plans each epoch
     (or filters each batch) over the selected samples, `epoch_target` being the samples per epoch the strategy's
     fraction asks for. `workers`: this process's rank in data-parallel training (default: the only one).
@@ -335,7 +342,7 @@ def train(model: nn.Module, data: Dataset, selection: Selection, cfg: DictConfig
     start_j = meter.energy_j() if meter is not None else math.nan
     target = cfg.get("target_accuracy")
     workers = workers if workers is not None else Local()
-    loop = _Loop(model, data, selection, cfg, seed, device, dynamic, epoch_target, workers)
+    loop = _Loop(model, data, selection, cfg, seed, device, dynamic, epoch_target, workers, on_batch)
     out = loop.out
     x_test, y_test = on_device(data.x_test, device), torch.from_numpy(data.y_test).to(device)
     epoch = 0
@@ -351,8 +358,8 @@ def train(model: nn.Module, data: Dataset, selection: Selection, cfg: DictConfig
         out.dynamic_selection_s += selection_s
         out.epoch_selection_s.append((epoch, selection_s))
         out.epoch_selected_fraction.append((epoch, (out.samples_backpropagated - backpropagated) / loop.n_train))
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, model)
+        if on_epoch_end is not None and on_epoch_end(epoch, model):
+            last = True
         mean_loss = workers.sum(loop.loss_sum).item() / loop.loss_batches if loop.loss_batches else math.nan
         out.train_loss.append((epoch, mean_loss))
         loop.loss_sum, loop.loss_batches = torch.zeros((), device=device), 0

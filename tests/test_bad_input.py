@@ -121,8 +121,10 @@ CASES = {
                                "strategy.fraction=0.5: no stage of pipeline"),
     "curriculum-pacing": Bad(("strategy=curriculum", "strategy.pacing=cubic"),
                              "strategy.pacing=cubic: expected one of linear"),
-    "score-epoch-past-probe": Bad(("strategy=el2n", "probe.score_epoch=50"),
-                                  "probe.score_epoch=50: expected at most probe.epochs (20)"),
+    "score-at-past-probe": Bad(("strategy=el2n", "probe.score_at=1.5"),
+                               "probe.score_at=1.5: expected a fraction of the probe's training in [0, 1]"),
+    "probe-subset-0": Bad(("strategy=el2n", "probe.subset=0"),
+                          "probe.subset=0.0: expected a fraction of the training set in (0, 1]"),
     # dynamic stages (strategies/dynamic.py) and budgets in samples
     "infobatch-prune-ratio-1.5": Bad(("strategy=infobatch", "strategy.prune_ratio=1.5"),
                                      "strategy.prune_ratio=1.5: expected a number in (0, 0.9]"),
@@ -199,7 +201,8 @@ CASES = {
 # The whole table takes about 250 s; the quick loop (`-m "not slow"`) keeps the four and at least one case
 # of each kind (a model misfit, a probe setting, a dynamic stage, a validation split, a sweep, a file read in the run,
 # an embeddings file), about 80 s, and CI runs all of them.
-SLOW = {"fraction-0", "betas-out-of-range", "unknown-optimizer-arg", "unknown-scheduler-arg", "too-few-classes-out",
+SLOW = {"probe-subset-0", "fraction-0", "betas-out-of-range", "unknown-optimizer-arg", "unknown-scheduler-arg",
+        "too-few-classes-out",
         "negative-model-width", "probe-model-misfit", "cifar-not-there", "semdedup-eps", "pipeline-unknown-stage",
         "dedup-cannot-cut", "pipeline-cannot-cut", "curriculum-pacing", "sweep-bad-value", "npz-missing-array",
         "npz-not-a-zip", "npz-negative-labels", "npz-float-labels", "npz-empty", "npz-feature-shapes-differ",

@@ -98,7 +98,7 @@ def test_a_sweeps_runs_reproduce_and_no_trial_is_charged_the_datasets_generation
     # EL2N trains the probe in its trial and reads the cache on reproduction: a circumstance, not a difference.
     cache = tmp_path / "cache"
     res = sweep("dataset.num_samples=600", "model=mlp", "trainer.epochs=3", "strategy=full,el2n",
-                "strategy.fraction=0.5", "probe.epochs=2", "probe.score_epoch=1", "probe.runs=1", "seed=0",
+                "strategy.fraction=0.5", "probe.epochs=2", "probe.score_at=0.5", "probe.runs=1", "seed=0",
                 f"tracking.uri={store}", f"cache_dir={cache}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
                 address=ray_address)
     assert res.returncode == 0, res.stderr

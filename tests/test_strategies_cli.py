@@ -4,7 +4,7 @@ import pytest
 
 from tests.conftest import run_cli, runs_of
 
-TINY = ("trainer.epochs=1", "probe.epochs=2", "probe.score_epoch=1", "probe.runs=1")
+TINY = ("trainer.epochs=1", "probe.epochs=2", "probe.score_at=0.5", "probe.runs=1")
 
 
 @pytest.mark.slow

@@ -8,9 +8,12 @@ content-addressed; the others come straight from the data, or from an embeddings
 against these names before any compute.
 """
 
-# Signals the probe computes (harness/signals/probe.py); one probe yields all of them, cheap next to its training.
-PROBE_SIGNALS = ("embeddings", "losses", "loss", "el2n", "grand", "forgetting", "least_confidence", "margin",
-                 "entropy")
+# Signals the probe computes (harness/signals/probe.py). Early scores are taken part-way into the probe's training
+# (`probe.score_at`; GraNd over all parameters at `probe.grand_at`, 0 = at initialisation): a probe asked for these
+# alone stops training there. The others need the probe's whole length (harness/signals/plan.py).
+EARLY_SIGNALS = ("el2n", "grand", "grand_last_layer", "embeddings_early")
+PROBE_SIGNALS = EARLY_SIGNALS + ("embeddings", "losses", "loss", "forgetting", "least_confidence", "margin",
+                                 "entropy")
 # Signals that need no probe: the samples themselves ("inputs", for exact dedup), the flattened inputs scaled
 # to unit norm ("raw"), and a seeded Gaussian random projection of them, unit norm ("projection").
 DATA_SIGNALS = ("inputs", "raw", "projection")

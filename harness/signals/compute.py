@@ -1,9 +1,11 @@
 """Compute the signals a strategy needs: from the data, or from the probe through its on-disk cache.
 
-Probe signals are cached under `cfg.cache_dir/signals/`, content-addressed by (dataset fingerprint, probe config,
-trainer recipe, seed) and written atomically, so a sweep over strategies and fractions trains the probe once per
-seed. What the probe cost travels with the cache (`<key>.cost.json`), and `ProbeRecord.charge` books it on every
-run that uses it: a cache hit never makes a strategy look cheaper than it is.
+Probe signals are cached under `cfg.cache_dir/signals/`, content-addressed by everything that changes them (dataset
+fingerprint, the probe's plan and model, the trainer's recipe, the device type and precision, the seed) and written
+atomically, so a sweep over strategies and fractions trains each probe once per seed. A lock file per key makes
+concurrent trials of one key wait for the one that trains it (`signals_lock`), so they all read the same signals.
+What the probe cost travels with the cache (`<key>.cost.json`), and `ProbeRecord.charge` books it on every run that
+uses it: a cache hit never makes a strategy look cheaper than it is.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import math
 import os
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +27,7 @@ from harness.data import Dataset, atomic_save_npz
 from harness.data.rows import FileRows
 from harness.errors import UserError
 from harness.signals import DATA_SIGNALS, IN_MEMORY_SIGNALS, PROBE_SIGNALS, rows_in_file_message
+from harness.signals.plan import ProbePlan, plan_probe
 
 if TYPE_CHECKING:
     import torch
@@ -31,7 +35,12 @@ if TYPE_CHECKING:
     from harness.meters import Meter
 
 PROJECTION_CHUNK_BYTES = 64 << 20  # rows left in their file are projected this many bytes at a time
-CACHE_VERSION = 2  # bump when the probe's computation changes, so old caches are not read
+# bump when the probe's computation changes, so old caches are not read (3: label noise in the fingerprint; the
+# probe's plan; per-presentation forgetting; GraNd over all parameters)
+CACHE_VERSION = 3
+# Trainer keys that do not change what the probe computes: its budget is the plan's, it trains alone, evaluates once
+NOT_PROBE_IDENTITY = ("epochs", "steps", "samples", "eval_every_epochs", "workers", "target_accuracy",
+                      "stop_at_target", "device", "amp", "compile")
 
 
 @dataclass(frozen=True)
@@ -43,12 +52,16 @@ class ProbeRecord:
     test_accuracy: float
     train_s: float  # what training the probe cost when it was computed (also on a cache hit)
     flops: float | None  # caches written before FLOPs were counted lack them
+    plan: ProbePlan | None = None
 
     def metrics(self) -> dict[str, float]:
         out = {"cache_hit": float(self.cache_hit), "probe_test_accuracy": self.test_accuracy,
                "probe_train_s": self.train_s}
         if self.flops is not None:
             out["probe_flops"] = self.flops
+        if self.plan is not None:  # what the probe trained: runs x epochs x subset, in epochs of the training set
+            out.update(probe_runs=float(self.plan.runs), probe_epochs=float(self.plan.stop_epoch),
+                       probe_trained_epochs=self.plan.trained_epochs)
         return out
 
     @property
@@ -71,18 +84,37 @@ class ProbeRecord:
             meter.charge("probe_cached", self.train_s, {})
 
 
-def probe_key(cfg: DictConfig, data: Dataset) -> str:
-    """Names the probe's result by everything it depends on (not by output paths or the device)."""
-    probe = OmegaConf.to_container(cfg.probe, resolve=True)
-    if probe["model"] is None:
-        probe["model"] = OmegaConf.to_container(cfg.model, resolve=True)
-    probe.pop("projection_dim", None)  # not a probe input
-    t = cfg.trainer
-    recipe = {"optimizer": OmegaConf.to_container(t.optimizer, resolve=True),
-              "scheduler": OmegaConf.to_container(t.scheduler, resolve=True) if t.scheduler else None,
-              "batch_size": t.batch_size}
-    ident = {"v": CACHE_VERSION, "data": data.fingerprint, "probe": probe, "trainer": recipe, "seed": cfg.seed}
+def probe_plan(needs: frozenset[str], cfg: DictConfig, data: Dataset) -> ProbePlan:
+    return plan_probe(cfg.probe, cfg.trainer, needs, len(data.y_train))
+
+
+def probe_key(cfg: DictConfig, data: Dataset, plan: ProbePlan, device: torch.device) -> str:
+    """Names the probe's result by everything it depends on (not by output paths or the device's index).
+
+    The device type and the precision are in it: bf16 autocast (on CUDA) and another device's kernels give other
+    numbers, and a signal must not be served from a probe computed another way."""
+    model = cfg.probe.model if cfg.probe.model is not None else cfg.model
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    recipe = {k: v for k, v in trainer.items() if k not in NOT_PROBE_IDENTITY}
+    amp = bool(cfg.trainer.amp) and device.type == "cuda"  # what the training loop does with trainer.amp
+    compiled = bool(cfg.trainer.compile) and device.type == "cuda"
+    ident = {"v": CACHE_VERSION, "data": data.fingerprint, "plan": plan.as_dict(),
+             "model": OmegaConf.to_container(model, resolve=True), "trainer": recipe, "seed": cfg.seed,
+             "device": device.type, "amp_bf16": amp, "compile": compiled}
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def signals_lock(needs: frozenset[str], cfg: DictConfig, data: Dataset, device: torch.device) -> AbstractContextManager:
+    """Held while a trial computes (or reads) its probe and books its cost: a second trial of the same key waits,
+    then reads the first one's cache and its cost file, instead of training the probe again. A no-op when no probe
+    signal is needed."""
+    if not needs & set(PROBE_SIGNALS):
+        return nullcontext()
+    from filelock import FileLock
+
+    path = Path(cfg.cache_dir) / "signals" / f"{probe_key(cfg, data, probe_plan(needs, cfg, data), device)}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path))
 
 
 def data_signal(name: str, data: Dataset, seed: int, projection_dim: int) -> np.ndarray:
@@ -116,7 +148,8 @@ def compute_signals(needs: frozenset[str], cfg: DictConfig, data: Dataset,
         out[name] = data_signal(name, data, cfg.seed, cfg.probe.projection_dim)
     if not needs & set(PROBE_SIGNALS):
         return out, None
-    path = Path(cfg.cache_dir) / "signals" / f"{probe_key(cfg, data)}.npz"
+    plan = probe_plan(needs, cfg, data)
+    path = Path(cfg.cache_dir) / "signals" / f"{probe_key(cfg, data, plan, device)}.npz"
     hit = path.exists()
     if hit:
         with np.load(path) as f:
@@ -125,10 +158,10 @@ def compute_signals(needs: frozenset[str], cfg: DictConfig, data: Dataset,
         from harness.signals.probe import run_probe
 
         start = time.perf_counter()
-        probe = run_probe(cfg, data, device)
+        probe = run_probe(cfg, data, device, plan)
         probe["probe_train_s"] = np.array(time.perf_counter() - start)
         atomic_save_npz(path, **probe)
     record = ProbeRecord(hit, path, float(probe["probe_test_accuracy"]), float(probe["probe_train_s"]),
-                         float(probe["probe_flops"]) if "probe_flops" in probe else None)
+                         float(probe["probe_flops"]) if "probe_flops" in probe else None, plan)
     out.update({k: probe[k] for k in needs & set(PROBE_SIGNALS)})
     return out, record
