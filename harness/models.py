@@ -13,14 +13,15 @@ from torch import nn
 
 
 class Logistic(nn.Module):
-    """Multinomial logistic regression on the flattened input."""
+    """Multinomial logistic regression on the flattened input. The layer is the `head`, as in every model here, so it
+    serves as a probe (SVP's cheapest proxy): its embedding is then the input itself."""
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
-        self.linear = nn.Linear(math.prod(input_shape), num_classes)
+        self.head = nn.Linear(math.prod(input_shape), num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x.flatten(1))
+        return self.head(x.flatten(1))
 
 
 class MLP(nn.Module):
