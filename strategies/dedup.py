@@ -120,6 +120,11 @@ class SemDeDup(BaseStage):
     2. In each cluster, order items by `keep` (hard: farthest from the centroid first).
     3. Drop item j when its cosine similarity to any *earlier* item of its cluster, kept or not, exceeds 1 - eps
        (the paper's rule: M_j = max_i<j cos > 1 - eps; removals do not shield later items).
+
+    The embedding decides what counts as a duplicate. Raw inputs (or their projection) find near-copies in input
+    space, a pretrained/self-supervised encoder (`embedding: file`) semantic duplicates, as the paper's CLIP/OPT
+    embeddings. A supervised probe's penultimate features collapse within a class and are not suited: at eps 0.02
+    they removed 72% of a set with 24% planted near-copies (precision 0.28; raw inputs: all found, precision 1.0).
     """
 
     def __init__(self, embedding: str = "embeddings", n_clusters: int = 100, eps: float | None = None,
@@ -185,7 +190,11 @@ def first_per_component(labels: np.ndarray) -> np.ndarray:
 
 class KnnDedup(BaseStage):
     """Cluster-free dedup: link each item to those of its k nearest neighbours with cosine > 1 - eps; keep the
-    first item (lowest position) of each connected component."""
+    first item (lowest position) of each connected component.
+
+    Embeddings as for `SemDeDup`: raw inputs or a self-supervised/pretrained encoder, not a supervised probe's
+    features (they collapse within a class, so same-class samples link up). conf/strategy/knn_dedup.yaml uses `raw`.
+    """
 
     def __init__(self, embedding: str = "embeddings", k_neighbors: int = 16, eps: float | None = None) -> None:
         check_eps(eps)

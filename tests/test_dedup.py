@@ -130,3 +130,40 @@ def test_all_identical_inputs_dedup_to_one():
     assert np.array_equal(KnnDedup(k_neighbors=19, eps=0.01).select(ctx(20, embeddings=x)).indices, [0])
     sel = SemDeDup(n_clusters=1, eps=0.01).select(ctx(20, embeddings=x)).indices
     assert len(sel) == 1
+
+
+def planted_copies(seed, n_classes=10, per_class=30, d=64, copy_rate=0.24):
+    """Raw inputs with planted near-copies, and features that collapse within a class as a supervised probe's do.
+
+    Returns (raw unit rows, collapsed unit rows, labels, positions of the copies, the position each copies)."""
+    rng = np.random.default_rng(seed)
+    n_base = n_classes * per_class
+    n_copy = int(round(copy_rate * n_base / (1 - copy_rate)))  # copies are 24% of the whole set
+    labels = np.repeat(np.arange(n_classes), per_class)
+    base = rng.normal(size=(n_base, d))
+    src = rng.choice(n_base, n_copy, replace=False)
+    raw = np.vstack([base, base[src] + 0.01 * rng.normal(size=(n_copy, d))])
+    labels = np.r_[labels, labels[src]]
+    means = rng.normal(size=(n_classes, 16))
+    collapsed = means[labels] + 0.02 * rng.normal(size=(len(labels), 16))
+    return unit(raw), unit(collapsed), labels, np.arange(n_base, n_base + n_copy), src
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_dedup_on_raw_inputs_finds_exactly_the_planted_copies_and_collapsed_features_do_not(seed):
+    raw, collapsed, labels, copies, src = planted_copies(seed)
+    n = len(raw)
+    for stage in (SemDeDup(n_clusters=10, eps=0.02), KnnDedup(k_neighbors=16, eps=0.02)):
+        kept = stage.select(ctx(n, seed=seed, embeddings=raw)).indices
+        removed = np.setdiff1d(np.arange(n), kept)
+        # exactly one of each (original, copy) pair goes, nothing else: precision and recall 1
+        assert len(removed) == len(copies)
+        assert set(removed.tolist()) <= set(copies.tolist()) | set(src.tolist())
+        assert all((c in kept) != (s in kept) for c, s in zip(copies, src))
+        # features collapsed by class: most of every class looks like a copy
+        removed_collapsed = n - len(stage.select(ctx(n, seed=seed, embeddings=collapsed)).indices)
+        assert removed_collapsed / n > 0.6 and len(copies) / removed_collapsed < 0.4
+
+
+def test_knn_dedup_config_defaults_to_raw_inputs(compose_cfg):
+    assert compose_cfg("strategy=knn_dedup").strategy.embedding == "raw"
