@@ -24,11 +24,13 @@ from harness.errors import UserError, first_line
 from harness.signals import FILE_SIGNAL, IN_MEMORY_SIGNALS, PROBE_SIGNALS, rows_in_file_message
 from harness.signals.embeddings_file import check_embeddings_file
 from harness.train import BUDGET_UNITS
+from strategies.coresets import prototypes_label
 from strategies.curriculum import curriculum_label
 from strategies.pipeline import Pipeline
 
 # `${curriculum_label:${.ordering},${.pacing}}` in conf/strategy/curriculum.yaml names each curriculum run.
 OmegaConf.register_new_resolver("curriculum_label", curriculum_label, replace=True)
+OmegaConf.register_new_resolver("prototypes_label", prototypes_label, replace=True)  # conf/strategy/prototypes.yaml
 
 
 # Every default is written here, once; conf/ YAML files set only what differs from it.

@@ -136,12 +136,6 @@ def class_quota(labels: np.ndarray, k: int, num_classes: int, rng: np.random.Gen
     return quota
 
 
-def take_top(candidates: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
-    """The k candidates with the highest score; ties broken by position (stable)."""
-    order = np.argsort(-scores, kind="stable")
-    return np.sort(candidates[order[:k]])
-
-
 def pick_balanced(ctx: SelectionContext, k: int, class_balance: bool,
                   pick: Callable[[np.ndarray, int], np.ndarray]) -> np.ndarray:
     """Choose k of the candidates with `pick`, over all of them or class by class (quotas from `class_quota`).

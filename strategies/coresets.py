@@ -186,6 +186,12 @@ def nearest_centroid(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, 
     return sim[:, 0], idx[:, 0].astype(np.int64)
 
 
+def prototypes_label(embedding: str) -> str:
+    """The report label: `prototypes` on embeddings from elsewhere (a self-supervised encoder's file, or the raw
+    inputs), `prototypes-supervised` on the supervised probe's features (Winnow's default, not the paper's)."""
+    return "prototypes-supervised" if embedding in ("embeddings", "embeddings_early") else "prototypes"
+
+
 class Prototypes(BaseStage):
     """Prototypes (Sorscher et al. 2022): score = cosine distance to the nearest spherical k-means centroid.
 

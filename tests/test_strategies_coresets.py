@@ -209,6 +209,9 @@ def test_prototypes_on_the_supervised_probe_is_labelled_so(compose_cfg):
     # Sorscher et al.'s prototypes are self-supervised; on the probe's supervised features the label must say so
     cfg = compose_cfg("strategy=prototypes").strategy
     assert cfg.embedding == "embeddings" and cfg.name == "prototypes-supervised"
+    # on embeddings from a file (a self-supervised encoder's, as the paper) or the inputs: the paper's name
+    assert compose_cfg("strategy=prototypes", "strategy.embedding=file").strategy.name == "prototypes"
+    assert compose_cfg("strategy=prototypes", "strategy.embedding=raw").strategy.name == "prototypes"
 
 
 def test_more_clusters_than_samples_is_a_clear_error():
