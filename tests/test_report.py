@@ -412,3 +412,156 @@ def test_report_draws_anytime_figures(anytime_store, tmp_path):
     assert "evaluation excluded" in md and "evaluation excluded" in page
     assert "d1 / m1: anytime accuracy vs time so far" in page
     assert page.count("<svg") == len(list(tmp_path.glob("*.svg")))
+
+
+# ---- amortised cost: break-even trainings k*, reuse over K trainings, rows kept apart by probe config -----------
+
+# (strategy, fraction, probe.epochs) -> per seed: (probe s, probe J, cached probe s, cached probe J, static selection
+# s, J, recurring s); recurring = data + training + in-training selection + evaluation; energy recurs at 10 J/s.
+# el2n's seeds 1 and 2 read the probe from the cache: 1 s to read it, charged its original 30 s / 600 J (probe_cached).
+AMORT = {
+    ("full", 1.0, 20): [(0, 0, 0, 0, 0.5, 5, 100.0 + s) for s in range(3)],
+    ("random", 0.5, 20): [(0, 0, 0, 0, 0.5, 5, 50.0 + s) for s in range(3)],
+    ("rs2", 0.5, 20): [(0, 0, 0, 0, 0.0, 0, 60.0 + s) for s in range(3)],  # selects during training only
+    ("el2n", 0.5, 20): [(30, 600, 0, 0, 2, 40, 50.0), (1, 20, 30, 600, 2, 40, 51.0), (1, 20, 30, 600, 2, 40, 52.0)],
+    ("el2n", 0.5, 5): [(8, 150, 0, 0, 2, 40, 50.0 + s) for s in range(3)],  # same strategy, a 5-epoch probe
+    ("grand", 0.9, 20): [(40, 800, 0, 0, 2, 40, 101.0 + s) for s in range(3)],  # recurs more than full's 101 s
+}
+
+
+@pytest.fixture(scope="module")
+def amort_store(tmp_path_factory) -> str:
+    from mlflow.entities import Param
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('amort') / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("amort")
+    for (strategy, fraction, epochs), seeds in AMORT.items():
+        for s, (probe_s, probe_j, cached_s, cached_j, sel_s, sel_j, rec_s) in enumerate(seeds):
+            m = {"test_accuracy": 0.8 + 0.01 * s, "selection_s": sel_s, "selection_energy_j": sel_j,
+                 "total_s": probe_s + cached_s + sel_s + rec_s,
+                 "total_energy_j": probe_j + cached_j + sel_j + 10 * rec_s}
+            if probe_s:  # a probe trained or read: what the trial logs (stage `probe`, ProbeRecord.metrics)
+                m.update(probe_s=probe_s, probe_energy_j=probe_j, probe_train_s=28.0)
+            if cached_s:
+                m.update(probe_cached_s=cached_s, probe_cached_energy_j=cached_j)
+            rid = _log(client, exp, _tags("d1", "m1", strategy, fraction, s), m, start_ms=1_000_000 + s)
+            # every trial logs its whole config: strategies without a probe carry the default probe params too
+            client.log_batch(rid, params=[Param("probe.epochs", str(epochs)), Param("probe.runs", "2"),
+                                          Param("probe.model", "None"), Param("probe.projection_dim", "128")])
+    return uri
+
+
+@pytest.fixture(scope="module")
+def amort(amort_store):
+    return summarise(load_runs(amort_store, "amort"), "amort", reuse=10)
+
+
+def amort_row(report, strategy, probe=""):
+    s = report.summary
+    hit = s[(s.strategy == strategy) & (s.probe == probe)]
+    assert len(hit) == 1
+    return hit.iloc[0]
+
+
+def test_rows_that_differ_only_in_probe_config_stay_apart(amort):
+    assert amort.probe_keys == ("probe.epochs",)  # runs, model and projection_dim never differ
+    assert len(amort.repeated) == 0  # the 5-epoch probe's seeds are not read as repeats of the 20-epoch ones
+    assert sorted(zip(amort.summary.strategy, amort.summary.probe)) == [
+        ("el2n", "epochs=20"), ("el2n", "epochs=5"), ("full", ""), ("grand", "epochs=20"), ("random", ""),
+        ("rs2", "")]
+    long, short = amort_row(amort, "el2n", "epochs=20"), amort_row(amort, "el2n", "epochs=5")
+    assert (long["n"], short["n"]) == (3, 3)
+    assert long["probe_s"] == pytest.approx(np.mean([30, 31, 31]))  # a cached probe at its original cost, + the read
+    assert short["probe_s"] == 8 and short["probe.epochs"] == "5"
+
+
+def test_break_even_trainings_match_a_hand_computation(amort):
+    # full's per-training cost is its whole total, its 0.5 s / 5 J selection included: it chooses nothing to reuse
+    full_s, full_j = np.mean([100.5, 101.5, 102.5]), np.mean([1005, 1015, 1025])
+    el2n = amort_row(amort, "el2n", "epochs=20")
+    once_s = np.mean([30 + 2, 1 + 30 + 2, 1 + 30 + 2])  # probe (+ cached charge) + static selection
+    assert el2n["one_time_s"] == pytest.approx(once_s)
+    assert el2n["per_training_s"] == pytest.approx(np.mean([50, 51, 52]))
+    assert el2n["breakeven_trainings"] == pytest.approx(once_s / (full_s - 51))
+    once_j = np.mean([600 + 40, 20 + 600 + 40, 20 + 600 + 40])
+    assert el2n["breakeven_trainings_energy"] == pytest.approx(once_j / (full_j - 510))
+    short = amort_row(amort, "el2n", "epochs=5")
+    assert short["breakeven_trainings"] == pytest.approx((8 + 2) / (full_s - 51))
+    assert short["breakeven_trainings_energy"] == pytest.approx((150 + 40) / (full_j - 510))
+    assert amort_row(amort, "random")["breakeven_trainings"] == pytest.approx(0.5 / (full_s - 51))
+    assert amort_row(amort, "rs2")["breakeven_trainings"] == 0  # nothing paid once: saves from the first training
+    full = amort_row(amort, "full")
+    assert (full["one_time_s"], full["per_training_s"]) == (0, pytest.approx(full_s))
+    assert np.isnan(full["breakeven_trainings"])
+
+
+def test_break_even_is_infinite_when_a_training_costs_no_less_than_full(amort):
+    grand = amort_row(amort, "grand", "epochs=20")
+    assert grand["per_training_s"] == pytest.approx(102) and grand["per_training_energy_j"] == pytest.approx(1020)
+    assert grand["breakeven_trainings"] == np.inf and grand["breakeven_trainings_energy"] == np.inf
+
+
+def test_reuse_over_k_trainings_saves_k_per_training_savings_less_the_one_time_cost(amort):
+    assert amort.reuse == 10
+    full_s, full_j = np.mean([100.5, 101.5, 102.5]), np.mean([1005, 1015, 1025])
+    el2n = amort_row(amort, "el2n", "epochs=20")
+    saved = 10 * (full_s - 51) - np.mean([32, 33, 33])
+    assert el2n["reuse_saved_s"] == pytest.approx(saved)
+    assert el2n["reuse_saved_share"] == pytest.approx(saved / (10 * full_s))
+    j = 10 * (full_j - 510) - np.mean([640, 660, 660])
+    assert el2n["reuse_saved_energy_j"] == pytest.approx(j)
+    assert el2n["reuse_saved_energy_share"] == pytest.approx(j / (10 * full_j))
+    grand = amort_row(amort, "grand", "epochs=20")
+    assert grand["reuse_saved_s"] == pytest.approx(10 * (full_s - 102) - 42) and grand["reuse_saved_s"] < 0
+    assert amort_row(amort, "full")["reuse_saved_s"] == 0
+    no_k = summarise(amort.runs_used, "amort")  # without K: break-even only
+    assert "reuse_saved_s" not in no_k.summary and "breakeven_trainings" in no_k.summary
+
+
+def test_report_tables_show_probe_break_even_and_reuse_columns(amort_store, tmp_path):
+    from harness.errors import UserError
+
+    paths = build("amort", amort_store, tmp_path, reuse=10)
+    md = paths["md"].read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| strategy |"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert cols[:3] == ["strategy", "probe", "fraction"]
+    for c in ("probe s", "selection s", "break-even k*", "break-even k* (energy)", "saved over K=10 s",
+              "saved over K=10", "energy saved over K=10"):
+        assert c in cols
+    cells = {line.split("|")[1].strip() + " " + line.split("|")[2].strip(): [c.strip() for c in line.split("|")[1:-1]]
+             for line in md.splitlines() if line.startswith("| ") and not line.startswith("| strategy")}
+    assert [line.split("|")[2].strip() for line in md.splitlines() if line.startswith("| el2n |")] == [
+        "epochs=5", "epochs=20"]  # in the probe's order, not the label's
+    el2n = dict(zip(cols, cells["el2n epochs=5"]))
+    # full: 101.5 s per training; el2n with a 5-epoch probe: 10 s once, 51 s per training
+    assert el2n["probe s"] == "8.0" and el2n["break-even k*"] == f"{10 / 50.5:.3g}"
+    assert el2n["saved over K=10 s"] == f"{10 * 50.5 - 10:.3g}" and el2n["saved over K=10"] == f"{495 / 1015:.1%}"
+    grand = dict(zip(cols, cells["grand epochs=20"]))
+    assert grand["break-even k*"] == "never" and grand["break-even k* (energy)"] == "never"
+    assert grand["saved over K=10"].startswith("-")
+    assert dict(zip(cols, cells["full "]))["break-even k*"] == "(baseline)"
+    assert "Break-even k*" in md and "el2n & epochs=5 & 0.5" in paths["tex"].read_text()
+    csv = pd.read_csv(paths["csv"], na_values=["n/a"])
+    assert (csv.loc[csv.strategy == "grand", "breakeven_trainings"] == np.inf).all()
+    with pytest.raises(UserError, match="--reuse 0"):
+        build("amort", amort_store, tmp_path, reuse=0)
+
+
+def test_by_a_probe_param_splits_panels_instead(amort_store):
+    # --by probe.epochs: one panel per probe length; full logged only the default (20), so the 5-epoch panel has
+    # no baseline: n/a there, which is why rows (not panels) keep probe configs apart by default
+    rep = summarise(load_runs(amort_store, "amort", by=["probe.epochs"]), "amort", by=["probe.epochs"])
+    assert rep.probe_keys == () and "probe" not in rep.summary
+    s = rep.summary.set_index(["probe.epochs", "strategy"])
+    assert s.loc[(20, "el2n"), "breakeven_trainings"] == pytest.approx(np.mean([32, 33, 33]) / 50.5)
+    assert np.isnan(s.loc[(5, "el2n"), "breakeven_trainings"])
+
+
+def test_probe_label_names_the_config_as_written():
+    from harness.report.summary import probe_label
+
+    run = pd.Series({"probe.epochs": "None", "probe.model._target_": "harness.models.SmallCNN", "probe.subset": "0.5",
+                     "probe.runs": None})  # runs: not logged by this (older) run
+    assert probe_label(run, sorted(run.index)) == "epochs=null, model=SmallCNN, subset=0.5"

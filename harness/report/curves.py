@@ -21,6 +21,11 @@ TIDY = ("epoch", "accuracy", "cum_s", "cum_energy_j")
 MEAN = ("epoch", "n", "accuracy", "accuracy_lo", "accuracy_hi", "cum_s", "cum_energy_j")
 
 
+def _row_keys(frame: pd.DataFrame) -> list[str]:
+    """A row's keys besides the panel: `probe` too where the summary keeps probe configs apart (summary.probe_keys)."""
+    return ["strategy", *(["probe"] if "probe" in frame else []), "fraction"]
+
+
 def _history(client: MlflowClient, run_id: str, name: str) -> pd.Series:
     """{epoch: value}; a value logged twice at one step keeps the latest."""
     points = sorted(client.get_metric_history(run_id, name), key=lambda m: (m.step, m.timestamp))
@@ -30,11 +35,12 @@ def _history(client: MlflowClient, run_id: str, name: str) -> pd.Series:
 def load_curves(tracking_uri: str, runs: pd.DataFrame, panel: Sequence[str] = ("dataset", "model")) -> pd.DataFrame:
     """Per-epoch histories of `runs` (Report.runs_used: FINISHED, latest per group and seed) as one tidy frame.
 
-    Columns: run_id, the panel keys, strategy, fraction, seed, epoch, accuracy (0-1), cum_s, cum_energy_j (NaN
-    where not metered). One row per epoch that has both an accuracy and a cumulative time. The runs' latest
-    metrics (load_runs columns) say which runs logged a history, so older runs cost no history call.
+    Columns: run_id, the panel keys, strategy, probe (where `runs` has it), fraction, seed, epoch, accuracy (0-1),
+    cum_s, cum_energy_j (NaN where not metered). One row per epoch that has both an accuracy and a cumulative time.
+    The runs' latest metrics (load_runs columns) say which runs logged a history, so older runs cost no history
+    call.
     """
-    id_cols = ["run_id", *panel, "strategy", "fraction", "seed"]
+    id_cols = ["run_id", *panel, *_row_keys(runs), "seed"]
     if CUM_S not in runs or runs.empty:
         return pd.DataFrame(columns=[*id_cols, *TIDY])
     client = MlflowClient(tracking_uri)
@@ -56,17 +62,17 @@ def load_curves(tracking_uri: str, runs: pd.DataFrame, panel: Sequence[str] = ("
         return pd.DataFrame(columns=[*id_cols, *TIDY])
     tidy = pd.concat(frames, ignore_index=True)
     tidy["epoch"] = tidy["epoch"].astype(int)
-    return tidy.sort_values([*panel, "strategy", "fraction", "seed", "epoch"]).reset_index(drop=True)
+    return tidy.sort_values([*panel, *_row_keys(runs), "seed", "epoch"]).reset_index(drop=True)
 
 
 def mean_curves(tidy: pd.DataFrame, panel: Sequence[str] = ("dataset", "model")) -> pd.DataFrame:
-    """One point per (panel, strategy, fraction, epoch): mean over seeds of accuracy and cost so far.
+    """One point per (panel, strategy, [probe,] fraction, epoch): mean over seeds of accuracy and cost so far.
 
     Only epochs every seed of the group evaluated are kept, so a point never averages a different set of seeds
     than its neighbours. accuracy_lo/hi: the 95% percentile bootstrap interval of the mean over seeds (as in the
     tables; NaN with one seed). cum_energy_j is NaN unless every seed metered it at that epoch.
     """
-    keys = [*panel, "strategy", "fraction"]
+    keys = [*panel, *_row_keys(tidy)]
     rows = []
     for key, g in tidy.groupby(keys, dropna=False, sort=True):
         seeds = g["seed"].nunique()

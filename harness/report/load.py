@@ -15,6 +15,9 @@ GROUP_KEYS = ("dataset", "model", "strategy", "fraction")
 TAGS = (*GROUP_KEYS, "seed", "config_hash", "dataset_fingerprint", "selected_indices_sha256", "device", "error",
         "reproduction_of")
 _PAGE = 1000
+# Params of the probe (harness/config.py ProbeConfig, flattened: probe.epochs, probe.model._target_, ...), read for
+# every run: the summary keeps apart rows whose probe differs (summary.probe_keys).
+PROBE_PARAMS = "probe."
 
 
 def load_runs(tracking_uri: str, experiment: str, by: Sequence[str] = ()) -> pd.DataFrame:
@@ -23,6 +26,8 @@ def load_runs(tracking_uri: str, experiment: str, by: Sequence[str] = ()) -> pd.
     Columns: run_id, status, start_time (ms), the TAGS above (None when absent), one float column per
     metric (latest value; NaN when a run did not log it). `fraction` is a float and `seed` an int.
     `by`: logged config params (e.g. `corruption.label_noise`) to add as columns, numeric where every value is.
+    Every logged `probe.*` param is a column too, the string as logged ("None" for null), None where a run did not
+    log it.
     """
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
@@ -37,6 +42,7 @@ def load_runs(tracking_uri: str, experiment: str, by: Sequence[str] = ()) -> pd.
             row = {"run_id": run.info.run_id, "status": run.info.status, "start_time": run.info.start_time}
             row.update({t: run.data.tags.get(t) for t in TAGS})
             row.update({f"metric:{k}": v for k, v in run.data.metrics.items()})
+            row.update({f"param:{k}": v for k, v in run.data.params.items() if k.startswith(PROBE_PARAMS)})
             row.update({f"param:{k}": run.data.params.get(k) for k in by})
             rows.append(row)
         token = page.token
@@ -54,15 +60,25 @@ def load_runs(tracking_uri: str, experiment: str, by: Sequence[str] = ()) -> pd.
         if len(df) and col.isna().all():
             raise UserError(f"--by {k}: no run of experiment {experiment} logged this parameter; expected a "
                             "config key such as trainer.epochs or corruption.label_noise")
-        numeric = pd.to_numeric(col, errors="coerce")
-        df[k] = numeric if numeric.notna().sum() == col.notna().sum() else col
+        df[k] = _typed(col)
+    for c in [c for c in df.columns if c.startswith(f"param:{PROBE_PARAMS}")]:
+        df[c.removeprefix("param:")] = df.pop(c)  # as logged: "None" (null: a default derived at run time) stays
     df["fraction"] = pd.to_numeric(df["fraction"], errors="coerce").astype(float)
     df["seed"] = pd.to_numeric(df["seed"], errors="coerce").astype("Int64")
     if "probe_cached_s" in df:
         # A run that read cached signals was charged the probe's original cost as probe_cached_s (already in
         # its total_s); the probe column shows what each strategy's probe cost, whichever run trained it.
         df["probe_s"] = df[[c for c in ("probe_s", "probe_cached_s") if c in df]].sum(axis=1, min_count=1)
+    if "probe_cached_energy_j" in df:  # the same for its energy: the strategy's one-time cost (summary.ONE_TIME)
+        df["probe_energy_j"] = df[[c for c in ("probe_energy_j", "probe_cached_energy_j") if c in df]].sum(
+            axis=1, min_count=1)
     return df
+
+
+def _typed(col: pd.Series) -> pd.Series:
+    """Numeric where every logged value is, else the strings as logged."""
+    numeric = pd.to_numeric(col, errors="coerce")
+    return numeric if numeric.notna().sum() == col.notna().sum() else col
 
 
 def metric_columns(runs: pd.DataFrame) -> list[str]:

@@ -149,10 +149,20 @@ def _panel_key(values: object) -> tuple:
     return tuple(None if pd.isna(v) else v for v in values)
 
 
+def _named(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of one strategy with different probe configs drawn as their own series: `el2n (epochs=5)`. The
+    baseline and strategies without a probe (probe "") keep their names, so the figures' baseline lookup holds."""
+    if "probe" not in frame or frame.empty:
+        return frame
+    probe = frame["probe"].fillna("")
+    return frame.assign(strategy=frame["strategy"].where(probe == "", frame["strategy"] + " (" + probe + ")"))
+
+
 def draw_all(report: Report, out_dir: Path, curves: pd.DataFrame | None = None) -> list[Figure]:
     """Every figure of every panel. `curves`: curves.mean_curves of the report's runs (None or empty: no anytime
     figures)."""
-    summary, figures = report.summary, []
+    summary, figures = _named(report.summary), []
+    curves = None if curves is None else _named(curves)
     # one colour per strategy across every figure of the report
     colors = {name: f"C{i % 10}" for i, name in enumerate(sorted(summary["strategy"].unique()))}
     by_panel = ({} if curves is None or curves.empty else

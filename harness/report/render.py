@@ -36,6 +36,16 @@ def method(report: Report) -> str:
         "interval from resampling both groups independently. Costs are means over seeds; total_s is every metered "
         "stage (data, probe, selection, training, evaluation), so selection is never free. "
         f"Speedup = {base}'s mean total_s / this mean total_s; savings = 1 − this cost / {base}'s cost. "
+        f"Break-even k* (time; energy where metered) = one-time cost / ({base}'s per-training cost − this "
+        "per-training cost), means over seeds: the number of trainings one selection must be reused for to cost "
+        f"less than as many {base} trainings; the one-time cost is the probe (a cached probe at its original cost) "
+        "and the static selection, the per-training cost is the total minus it (data, training, selection inside "
+        f"training, evaluation), {base}'s per-training cost is its whole total; never where this row saves nothing "
+        "per training. "
+        + (f"Saved over K={report.reuse}: K × ({base} − this) per-training cost − one-time cost, negative when "
+           f"it loses; as % of K {base} trainings. " if report.reuse is not None else "")
+        + ("probe: the probe's config where it differs between rows (keys without probe.); rows with another "
+           "probe are kept apart. " if report.probe_keys else "") +
         f"vs {ref}: mean over shared seeds of (this − {ref}) accuracy at the same fraction, its bootstrap "
         f"interval and a two-sided exact sign-flip permutation p-value; * marks p < {ALPHA} (reachable from 6 "
         f"paired seeds on). Pareto: no other row of the same {panel} has lower-or-equal mean total_s and "
@@ -56,6 +66,10 @@ def _with_ci(v: float, lo: float, hi: float, sign: bool = False) -> str:
         return NA
     ci = NA if _isnan(lo) else f"{_pct(lo, sign)}, {_pct(hi, sign)}"
     return f"{_pct(v, sign)} [{ci}]"
+
+
+def _share(v: float) -> str:
+    return NA if _isnan(v) else f"{v:.1%}"
 
 
 def _num(fmt: str) -> Callable[[float], str]:
@@ -90,12 +104,34 @@ def _vs_reference(r: pd.Series, reference: str) -> str:
             f"p={r['vs_reference_p']:.3f} n={int(r['vs_reference_n'])}{mark}")
 
 
-def display_table(s: pd.DataFrame, baseline: str = BASELINE, reference: str = REFERENCE) -> pd.DataFrame:
-    """The human table of one panel: strings, n/a for anything missing."""
+def _sort_key(v: object) -> tuple[int, float, str]:
+    """Params as logged (strings): numbers in numeric order, then other values, then missing ones."""
+    if _isnan(v):
+        return 2, 0.0, ""
+    try:
+        return 0, float(str(v)), ""
+    except ValueError:
+        return 1, 0.0, str(v)
+
+
+def _breakeven(r: pd.Series, column: str, baseline: str) -> str:
+    if r["strategy"] == baseline:
+        return "(baseline)"
+    v = r[column] if column in r else float("nan")
+    return NA if _isnan(v) else "never" if math.isinf(v) else f"{v:.3g}"
+
+
+def display_table(s: pd.DataFrame, baseline: str = BASELINE, reference: str = REFERENCE,
+                  reuse: int | None = None) -> pd.DataFrame:
+    """The human table of one panel: strings, n/a for anything missing. `reuse`: K of the saved-over-K columns."""
     rows = []
-    for _, r in s.sort_values(["strategy", "fraction"]).iterrows():
+    probe = "probe" in s  # rows of one strategy with different probe configs (Report.probe_keys)
+    # by the probe's values, not its label: epochs=5 before epochs=20
+    order = ["strategy", *(sorted(c for c in s.columns if c.startswith("probe.")) if probe else []), "fraction"]
+    for _, r in s.sort_values(order, key=lambda c: c.map(_sort_key) if c.name.startswith("probe.") else c).iterrows():
         row = {
             "strategy": r["strategy"],
+            **({"probe": r["probe"]} if probe else {}),
             "fraction": f"{r['fraction']:g}",
             "n": str(int(r["n"])),
             "accuracy % [95% CI]": _with_ci(r["accuracy"], r["accuracy_lo"], r["accuracy_hi"]),
@@ -107,16 +143,25 @@ def display_table(s: pd.DataFrame, baseline: str = BASELINE, reference: str = RE
             row[header] = fmt(r[metric]) if metric in r else NA
         row["speedup"] = NA if _isnan(r["speedup"]) else f"{r['speedup']:.2f}x"
         row["time saved"] = NA if _isnan(r["savings_time"]) else f"{r['savings_time']:.1%}"
+        row["break-even k*"] = _breakeven(r, "breakeven_trainings", baseline)
+        row["break-even k* (energy)"] = _breakeven(r, "breakeven_trainings_energy", baseline)
+        if reuse is not None:
+            row[f"saved over K={reuse} s"] = _num(".3g")(r["reuse_saved_s"])
+            row[f"saved over K={reuse}"] = _share(r["reuse_saved_share"])
+            row[f"energy saved over K={reuse}"] = _share(r["reuse_saved_energy_share"])
         row[f"vs {reference} pp [95% CI]"] = _vs_reference(r, reference)
         row["Pareto"] = "yes" if r["pareto"] else ""
         rows.append(row)
     table = pd.DataFrame(rows)
+    # energy columns only where energy was metered (never "(baseline)" alone either)
+    energy = [h for h in table.columns if "energy" in h and h not in {hh for _, hh, _ in OPTIONAL}]
     empty = [h for _, h, _ in OPTIONAL if h in table and (table[h] == NA).all()]
+    empty += [h for h in energy if table[h].isin([NA, "(baseline)"]).all()]
     return table.drop(columns=empty)
 
 
 def _tables(report: Report) -> list[tuple[str, pd.DataFrame]]:
-    return [(panel_title(report.panel, key), display_table(g, report.baseline, report.reference))
+    return [(panel_title(report.panel, key), display_table(g, report.baseline, report.reference, report.reuse))
             for key, g in report.summary.groupby(list(report.panel), dropna=False)]
 
 

@@ -4,6 +4,8 @@ A panel is one (dataset, model) plus the values of any `by` params (e.g. label n
 table and figures. Accuracy gets a mean and a 95% bootstrap interval; the baseline strategy's runs
 ("full" unless told otherwise) of the same panel give deltas, speedup and savings; a strategy is compared
 seed by seed with the reference ("random") at the same fraction. Failed, missing and repeated seeds are listed.
+Rows of one strategy whose probe config differs (probe.epochs, probe.model._target_, ...) stay apart: column
+`probe`. Amortised cost: the break-even number of trainings that reuse one selection, and what K reuses save.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from harness.report.load import PROBE_PARAMS
 from harness.report.stats import bootstrap_diff_ci, bootstrap_mean_ci, paired_comparison, pareto_mask
 
 ACCURACY = "test_accuracy"
@@ -31,6 +34,16 @@ BUDGET = ("steps", "epochs", "samples_seen", "samples_backpropagated", "train_fl
 # The cost a speedup and a saving are computed from, each against the full baseline's mean.
 SAVINGS = {"time": "total_s", "energy": "total_energy_j", "gpu_hours": "gpu_hours"}
 PARETO_COST = "total_s"
+# What choosing the data costs once, and a training that reuses the selection does not pay again: the probe (a
+# probe read from the signal cache is charged its original cost: load.py folds probe_cached_* in) and the static
+# selection. Everything else in the total (data, training, selection inside training, evaluation) recurs.
+# unit -> (total, one-time stages); the per-training cost is the total minus the one-time cost.
+ONE_TIME = {"s": ("total_s", ("probe_s", "selection_s")),
+            "energy_j": ("total_energy_j", ("probe_energy_j", "selection_energy_j"))}
+# A run that logged this trained a probe or read one from the cache (harness/signals/compute.py ProbeRecord.metrics).
+PROBE_USED = "probe_train_s"
+# Probe params that never tell two rows apart: not an input of the probe (the projection signal's width).
+PROBE_IGNORED = ("probe.projection_dim",)
 
 
 @dataclass
@@ -44,6 +57,10 @@ class Report:
     panel: tuple[str, ...] = ("dataset", "model")  # one table and one set of figures per value of these
     baseline: str = BASELINE
     reference: str = REFERENCE
+    # probe params that differ between runs of strategies that train a probe: their values label the `probe` column
+    # and keep such rows apart (empty: no `probe` column)
+    probe_keys: tuple[str, ...] = ()
+    reuse: int | None = None  # K of the reuse_saved_* columns; None: not computed
     # the runs behind the numbers (finished, latest per group and seed): the anytime curves read their histories
     runs_used: pd.DataFrame = field(default_factory=pd.DataFrame)
 
@@ -59,12 +76,50 @@ def _latest_per_seed(finished: pd.DataFrame, keys: Sequence[str]) -> tuple[pd.Da
     return ordered[~dup], ordered[dup]
 
 
+def probe_keys(runs: pd.DataFrame, by: Sequence[str] = ()) -> list[str]:
+    """The probe.* params whose values differ between FINISHED runs that used a probe (`by` keys excepted: those
+    split panels already)."""
+    used = runs[(runs["status"] == "FINISHED") & runs[PROBE_USED].notna()] if PROBE_USED in runs else runs.iloc[:0]
+    cols = [c for c in runs.columns if c.startswith(PROBE_PARAMS) and c not in (*by, *PROBE_IGNORED)]
+    return sorted(c for c in cols if used[c].nunique(dropna=False) > 1)
+
+
+def probe_label(values: pd.Series, keys: Sequence[str]) -> str:
+    """`epochs=5, model=MLP, subset=0.5`: the probe config of one run, keys without `probe.`, a `_target_` as its
+    class name; a param the run did not log is left out."""
+    parts = []
+    for k in keys:
+        v = values[k]
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            continue
+        name = k.removeprefix(PROBE_PARAMS)
+        if name.endswith("._target_"):
+            name, v = name.removesuffix("._target_"), str(v).rsplit(".", 1)[-1]
+        elif v == "None":
+            v = "null"  # as the config is written: a default derived at run time (the trial's model, budget, ...)
+        parts.append(f"{name}={v:g}" if isinstance(v, float) else f"{name}={v}")
+    return ", ".join(parts)
+
+
+def _label_probes(runs: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """Column `probe` on every run of a strategy that used a probe in some finished run (failed runs included, so
+    they land in their own row's group); "" for the others, whose probe params are defaults they never used."""
+    users = set(runs.loc[(runs["status"] == "FINISHED") & runs[PROBE_USED].notna(), "strategy"])
+    runs = runs.copy()
+    runs["probe"] = [probe_label(r, keys) if r["strategy"] in users else "" for _, r in runs.iterrows()]
+    return runs
+
+
 def summarise(runs: pd.DataFrame, experiment: str = "", by: Sequence[str] = (), baseline: str = BASELINE,
-              reference: str = REFERENCE) -> Report:
-    """`by`: columns of `runs` (load_runs(by=...)) that split the experiment into panels besides dataset+model."""
+              reference: str = REFERENCE, reuse: int | None = None) -> Report:
+    """`by`: columns of `runs` (load_runs(by=...)) that split the experiment into panels besides dataset+model.
+    `reuse`: K, the number of trainings that reuse one selection in the reuse_saved_* columns (None: left out)."""
     panel = ("dataset", "model", *by)
-    keys = [*panel, "strategy", "fraction"]
     runs = runs[runs["reproduction_of"].isna()] if "reproduction_of" in runs else runs
+    probe = probe_keys(runs, by)
+    if probe:
+        runs = _label_probes(runs, probe)
+    keys = [*panel, "strategy", *(["probe"] if probe else []), "fraction"]
     finished_all = runs[runs["status"] == "FINISHED"]
     finished, repeated = _latest_per_seed(finished_all, keys)
     failed = runs[runs["status"] != "FINISHED"]
@@ -80,6 +135,11 @@ def summarise(runs: pd.DataFrame, experiment: str = "", by: Sequence[str] = (), 
         row["accuracy_lo"], row["accuracy_hi"] = bootstrap_mean_ci(acc) if not np.isnan(acc).any() else (np.nan,) * 2
         for m in (*COSTS, *BUDGET):
             row[m] = _group_mean(g[m]) if m in g else float("nan")
+        row.update({k: g[k].iloc[0] for k in probe})  # one value per group: `probe` is their label
+        for unit, (total, stages) in ONE_TIME.items():
+            # per run, a stage it did not log cost it nothing once (its total has no such stage either)
+            once = sum((g[m].fillna(0.0) for m in stages if m in g), pd.Series(0.0, index=g.index))
+            row[f"one_time_{unit}"] = _group_mean(once.where(g[total].notna())) if total in g else float("nan")
         # the share of the total spent choosing data: probe, static selection and selection inside training
         chosen_s = [row[m] for m in SELECTION_COSTS if not np.isnan(row[m])]
         row["selection_share"] = sum(chosen_s) / row["total_s"] if chosen_s and row["total_s"] > 0 else np.nan
@@ -88,8 +148,10 @@ def summarise(runs: pd.DataFrame, experiment: str = "", by: Sequence[str] = (), 
     summary = pd.DataFrame(rows)
     if summary.empty:
         summary = pd.DataFrame(columns=[*keys, "n", "seeds", "accuracy", "accuracy_lo", "accuracy_hi", *COSTS,
-                                        "selection_share", *BUDGET, "_acc_by_seed"])
+                                        "selection_share", *BUDGET, *probe, *(f"one_time_{u}" for u in ONE_TIME),
+                                        "_acc_by_seed"])
     _add_baseline(summary, list(panel), baseline)
+    _add_amortised(summary, list(panel), baseline, reuse)
     _add_paired(summary, list(panel), reference)
     _add_pareto(summary, list(panel))
     summary = summary.drop(columns="_acc_by_seed").reset_index(drop=True)
@@ -97,7 +159,7 @@ def summarise(runs: pd.DataFrame, experiment: str = "", by: Sequence[str] = (), 
     cols = ["run_id", "status", *keys, "seed", "error"]
     return Report(experiment, summary, failed[cols].sort_values([*keys, "seed"]).reset_index(drop=True),
                   _missing_seeds(runs, finished, keys), repeated[cols].reset_index(drop=True), len(runs),
-                  panel, baseline, reference, finished.reset_index(drop=True))
+                  panel, baseline, reference, tuple(probe), reuse, finished.reset_index(drop=True))
 
 
 def _same_panel(s: pd.DataFrame, row: pd.Series, panel: list[str]) -> pd.Series:
@@ -126,6 +188,37 @@ def _add_baseline(s: pd.DataFrame, panel: list[str], baseline: str) -> None:
         for name, metric in SAVINGS.items():
             if b[metric] > 0:
                 s.at[idx, f"savings_{name}"] = 1 - row[metric] / b[metric]
+
+
+def _add_amortised(s: pd.DataFrame, panel: list[str], baseline: str, reuse: int | None) -> None:
+    """Per unit (s, energy_j): per_training_* = mean total - mean one-time cost; breakeven_trainings* = one-time cost
+    / (baseline's per-training cost - this per-training cost), the number of trainings one selection must serve to
+    cost less than training on the baseline's data each time (inf where this row saves nothing per training);
+    with `reuse` K, reuse_saved_* = K x that per-training saving - the one-time cost, and its share of K baseline
+    trainings. The baseline pays everything on every training: its one-time cost is 0, its per-training cost its
+    total."""
+    for unit, (total, _) in ONE_TIME.items():
+        suffix = "" if unit == "s" else "_energy"
+        s[f"per_training_{unit}"] = s[total] - s[f"one_time_{unit}"]
+        s[f"breakeven_trainings{suffix}"] = np.nan
+        if reuse is not None:
+            s[f"reuse_saved_{unit}"] = s[f"reuse_saved{suffix}_share"] = np.nan
+        for idx, row in s.iterrows():
+            base = s[_same_panel(s, row, panel) & (s["strategy"] == baseline)]
+            if len(base) != 1 or np.isnan(row[total]) or np.isnan(base.iloc[0][total]):
+                continue
+            full = float(base.iloc[0][total])
+            if row["strategy"] == baseline:
+                s.at[idx, f"one_time_{unit}"], s.at[idx, f"per_training_{unit}"] = 0.0, full
+                if reuse is not None:
+                    s.at[idx, f"reuse_saved_{unit}"] = s.at[idx, f"reuse_saved{suffix}_share"] = 0.0
+                continue
+            once, gain = row[f"one_time_{unit}"], full - (row[total] - row[f"one_time_{unit}"])
+            s.at[idx, f"breakeven_trainings{suffix}"] = once / gain if gain > 0 else np.inf
+            if reuse is not None:
+                saved = reuse * gain - once
+                s.at[idx, f"reuse_saved_{unit}"] = saved
+                s.at[idx, f"reuse_saved{suffix}_share"] = saved / (reuse * full) if full > 0 else np.nan
 
 
 def _add_paired(s: pd.DataFrame, panel: list[str], reference: str) -> None:
