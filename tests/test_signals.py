@@ -146,11 +146,15 @@ def test_early_probe_stops_at_the_score_epoch_and_scores_as_the_full_length_prob
     # EL2N at epoch 2 of a 3-epoch schedule: the early probe trains 2 epochs and gives the same scores as a probe
     # that trains on to the end (same seeds, same schedule); a third of the steps fewer
     cfg, data = tiny_setup(tmp_path)
-    early, rec_early = compute_signals(frozenset({"el2n"}), cfg, data, torch.device("cpu"))
-    full, rec_full = compute_signals(frozenset({"el2n", "forgetting"}), cfg, data, torch.device("cpu"))
+    early, rec_early = compute_signals(frozenset({"el2n", "embeddings_early"}), cfg, data, torch.device("cpu"))
+    full, rec_full = compute_signals(frozenset({"el2n", "embeddings_early", "embeddings", "forgetting"}), cfg, data,
+                                     torch.device("cpu"))
     assert (rec_early.plan.stop_epoch, rec_full.plan.stop_epoch) == (2, 3)
     assert rec_early.cache_path != rec_full.cache_path
     assert np.allclose(early["el2n"], full["el2n"], rtol=1e-6, atol=1e-7)
+    # the early embeddings (for duplicate finding before features collapse) are epoch 2's, not the last epoch's
+    assert np.allclose(early["embeddings_early"], full["embeddings_early"], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(full["embeddings_early"], full["embeddings"])
     assert rec_early.flops == pytest.approx(rec_full.flops * 2 / 3)
 
 
