@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -19,6 +19,7 @@ from omegaconf.errors import InterpolationResolutionError
 
 from harness.augment import check_augment
 from harness.build import build_dataset, build_optimizer, build_scheduler, build_strategy, check_model_fits
+from harness.data.corrupt import check_corruption, rows_changed_by
 from harness.data.validation import check_val_fraction
 from harness.errors import UserError, first_line
 from harness.signals import FILE_SIGNAL, IN_MEMORY_SIGNALS, PROBE_SIGNALS, rows_in_file_message
@@ -73,7 +74,17 @@ class TrackingConfig:
 
 @dataclass
 class CorruptionConfig:
+    """Seeded corruptions of the training rows, ground truth kept (harness/data/corrupt.py, docs/data-audits.md).
+    Applied in this order: imbalance, label noise, then exact duplicates, near duplicates, outliers appended."""
+
     label_noise: float = 0.0  # fraction of training labels moved to another class (seeded, stream "corruption")
+    label_noise_kind: str = "symmetric"  # symmetric: to a uniform other class | pair: class c to c+1 mod C
+    exact_duplicates: float = 0.0  # append this fraction of the training rows again as byte-identical copies
+    near_duplicates: float = 0.0  # append this fraction as noisy copies at near_duplicate_cosine to their source
+    near_duplicate_cosine: float = 0.99  # expected cosine similarity of a near duplicate to its source (flattened)
+    outliers: float = 0.0  # append this fraction of samples from another distribution, each with a random label
+    outlier_kind: str = "noise"  # noise: Gaussian at the per-feature mean/std | shuffled: a row, features permuted
+    imbalance_rho: float = 1.0  # long tail (CIFAR-LT): class c keeps n_max * rho^(-c/(C-1)) rows; 1: off
 
 
 @dataclass
@@ -166,6 +177,8 @@ def config_hash(cfg: DictConfig) -> str:
         d["dataset"].pop("val_fraction", None)  # likewise
     if isinstance(d.get("embeddings"), dict) and d["embeddings"].get("path") is None:
         d.pop("embeddings")  # likewise
+    if isinstance(d.get("corruption"), dict):  # likewise: corruption keys after label_noise, off or meaning nothing
+        _drop_unused_corruption_keys(d["corruption"])
     trainer = d.get("trainer")
     if isinstance(trainer, dict):  # likewise: no augmentation (its padding then means nothing), no smoothing
         if trainer.get("augment") is None:
@@ -180,6 +193,22 @@ def config_hash(cfg: DictConfig) -> str:
         hook = getattr(_stage_class(strategy), "identity_args", None)
         d["strategy"] = hook(strategy) if hook else strategy
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# A setting that qualifies a corruption means nothing while that corruption is off.
+_CORRUPTION_QUALIFIES = {"label_noise_kind": "label_noise", "near_duplicate_cosine": "near_duplicates",
+                         "outlier_kind": "outliers"}
+
+
+def _drop_unused_corruption_keys(corruption: dict) -> None:
+    """Keys added after label_noise leave a trial's identity when at their default, or when they qualify a
+    corruption that is off, so earlier runs keep their hashes and `outlier_kind` alone makes no new trial."""
+    defaults = {f.name: f.default for f in fields(CorruptionConfig) if f.name != "label_noise"}
+    given = dict(corruption)  # as set, before any key is dropped
+    for key, default in defaults.items():
+        off = key in _CORRUPTION_QUALIFIES and given.get(_CORRUPTION_QUALIFIES[key]) == 0
+        if key in corruption and (corruption[key] == default or off):
+            corruption.pop(key)
 
 
 def _check_target(key: str, node: Any) -> None:
@@ -314,9 +343,7 @@ def validate(cfg: DictConfig, check_files: bool = True, check_device: bool = Fal
             _positive_int(f"trainer.{unit}", t[unit])
     _positive_int("trainer.batch_size", t.batch_size)
     check_val_fraction(cfg.dataset.get("val_fraction"))
-    noise = cfg.corruption.label_noise
-    if not 0 <= noise < 1:
-        raise UserError(f"corruption.label_noise={noise}: expected a number in [0, 1)")
+    check_corruption(cfg.corruption, rows_in_file=cfg.dataset.get("in_memory") is False)
     _positive_int("trainer.eval_every_epochs", t.eval_every_epochs)
     _positive_int("trainer.workers", t.workers)
     if not _DEVICE.fullmatch(t.device):
@@ -369,6 +396,9 @@ def validate(cfg: DictConfig, check_files: bool = True, check_device: bool = Fal
         source.check()
     _check_models_fit(cfg, source, pipeline, check_files)
     if FILE_SIGNAL in pipeline.needs:
+        if changed := rows_changed_by(cfg.corruption):  # the file has one row per original training sample
+            raise UserError(f"{changed} adds or removes training rows, which embeddings.path (one row per original "
+                            "training sample) cannot follow; expected no row-changing corruption with embedding=file")
         _check_embeddings(cfg, source, check_files)
     return pipeline
 

@@ -6,16 +6,19 @@ import json
 import math
 import os
 import resource
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness import manifest
 from harness.build import build_dataset, build_model
 from harness.config import config_hash, effective_fraction, validate
-from harness.data.corrupt import add_label_noise
+from harness.data.corrupt import corrupt, ground_truth_arrays, ground_truth_counts, selection_audit
 from harness.data.validation import split_validation
 from harness.ddp import train_ddp
 from harness.flops import forward_flops, step_flops
@@ -24,7 +27,7 @@ from harness.meters import Meter, cost_figures
 from harness.numerics import Numerics
 from harness.seeding import derive_seed
 from harness.select import run_selection
-from harness.tracking import flatten, trial_run
+from harness.tracking import TrialRun, flatten, trial_run
 from harness.train import TrainOutcome, resolve_device, train
 
 
@@ -41,6 +44,14 @@ def _peak_rss_bytes(stages_peak: float) -> float:
     """The trial's peak RSS: the largest stage peak (meters) or that of a helper process it started (KiB)."""
     own = stages_peak if stages_peak == stages_peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return float(max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024))
+
+
+def _log_npz(run: TrialRun, name: str, arrays: dict[str, np.ndarray]) -> None:
+    """Several arrays as one artifact (`artifact_array` writes a single .npy)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        np.savez(path, **arrays)
+        run.client.log_artifact(run.run_id, str(path))
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -99,17 +110,22 @@ def run_trial(cfg: DictConfig, replay: Numerics | None = None) -> TrialResult:
         if source.prepare(cfg.cache_dir):
             run.metrics({"dataset_prepare_s": time.perf_counter() - start})
         with meter.stage("data"):
-            # validation rows first, then noise on the training rows only: the held-out set stays clean
+            # validation rows first, then corruption of the training rows only: the held-out set stays clean
             data = split_validation(source.load(cfg.cache_dir), cfg.dataset.get("val_fraction"), cfg.seed)
-            data = add_label_noise(data, cfg.corruption.label_noise, cfg.seed)
+            data = corrupt(data, cfg.corruption, cfg.seed)
         run.tags({"dataset_fingerprint": data.fingerprint, **numerics.tags()})
         if data.val_indices is not None:  # rows of the original training set held out; x_train is the rest
             run.metrics({"n_val": len(data.val_indices)})
             run.artifact_array("val_indices.npy", data.val_indices)
+        if data.duplicate_of is not None:  # some corruption ran: its ground truth, row by row
+            run.metrics(ground_truth_counts(data))
+            _log_npz(run, "corruption_ground_truth.npz", ground_truth_arrays(data))
 
         selection = run_selection(cfg, strategy, data, device, meter, run)
         if data.noisy is not None:  # how many corrupted labels the strategy let through
             run.metrics({"noisy_selected_fraction": float(data.noisy[selection.indices].mean())})
+        if data.corruptions:  # per kind, what the selection kept; for duplicates, how well it removed the copies
+            run.metrics(selection_audit(data, selection.indices))
 
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         model = build_model(cfg.model, data.input_shape, data.num_classes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +25,19 @@ class Dataset:
     y_test: np.ndarray
     num_classes: int
     fingerprint: str
-    # Set by label corruption (harness/data/corrupt.py): True where y_train was changed. The clean
+    # Set by label corruption (harness/data/corrupt.py): True where y_train differs from the clean label. The clean
     # labels stay in y_train_clean so analyses can ask which samples a strategy kept or dropped.
     noisy: np.ndarray | None = None
     y_train_clean: np.ndarray | None = None
+    # Ground truth of the corruptions (harness/data/corrupt.py), over the training rows as they are after them:
+    # {kind: bool mask} for label_noise, exact_duplicates, near_duplicates, outliers (kinds applied only);
+    # duplicate_of: the row an appended copy was made from, -1 elsewhere (set when any corruption ran).
+    corruptions: dict[str, np.ndarray] = field(default_factory=dict, hash=False)
+    duplicate_of: np.ndarray | None = None
+    # `corruption.imbalance_rho`: rows of the training set before corruption that were removed (sorted), and how many
+    # of each class.
+    imbalance_dropped: np.ndarray | None = None
+    imbalance_dropped_per_class: np.ndarray | None = None
     # Set by `dataset.val_fraction` (harness/data/validation.py): a held-out part of the original training set,
     # never trained on; `val_indices` are its rows in the original training set (the rest, in order, is x_train).
     x_val: np.ndarray | FileRows | None = None
