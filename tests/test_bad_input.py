@@ -89,6 +89,22 @@ CASES = {
     "string-for-int": Bad(("trainer.epochs=abc",), "Value 'abc' of type 'str' could not be converted to Integer"),
     "typo-key": Bad(("trainer.epoch=3",), "Could not override 'trainer.epoch'"),
     "label-noise-1.5": Bad(("corruption.label_noise=1.5",), "corruption.label_noise=1.5: expected a number in [0, 1)"),
+    # corruptions with ground truth (harness/data/corrupt.py)
+    "label-noise-kind": Bad(("corruption.label_noise_kind=asymmetric",),
+                            "corruption.label_noise_kind=asymmetric: expected one of symmetric, pair"),
+    "exact-duplicates-1.5": Bad(("corruption.exact_duplicates=1.5",),
+                                "corruption.exact_duplicates=1.5: expected a fraction of the training rows in [0, 1]"),
+    "near-duplicate-cosine-1": Bad(("corruption.near_duplicates=0.1", "corruption.near_duplicate_cosine=1"),
+                                   "corruption.near_duplicate_cosine=1.0: expected a cosine similarity in (0, 1)"),
+    "outlier-kind": Bad(("corruption.outliers=0.1", "corruption.outlier_kind=uniform"),
+                        "corruption.outlier_kind=uniform: expected one of noise, shuffled"),
+    "imbalance-rho-0.5": Bad(("corruption.imbalance_rho=0.5",),
+                             "corruption.imbalance_rho=0.5: expected a ratio of largest to smallest class >= 1"),
+    "near-duplicates-rows-in-file": Bad(("dataset=npy", "dataset.x_train=/data/x.npy", "dataset.y_train=/data/y.npy",
+                                         "dataset.x_test=/data/xt.npy", "dataset.y_test=/data/yt.npy",
+                                         "corruption.near_duplicates=0.1"),
+                                        "corruption.near_duplicates=0.1: computes new feature rows, but "
+                                        "dataset.in_memory=false keeps the features in their file"),
     "lr-not-a-number": Bad(("trainer.optimizer.lr=abc",), "trainer.optimizer.lr=abc: expected a number"),
     "betas-out-of-range": Bad(("+trainer.optimizer.betas=[0.9,1.5]",),
                               "trainer.optimizer.betas=[0.9, 1.5]: expected two numbers in [0, 1)"),
@@ -210,7 +226,9 @@ SLOW = {"probe-subset-0", "fraction-0", "betas-out-of-range", "unknown-optimizer
         "samples-and-epochs", "craig-select-every-0", "gradmatch-kappa-1", "image-folder-not-found",
         "image-folder-one-class", "image-folder-no-test-set", "image-folder-unreadable", "embeddings-path-null",
         "embeddings-not-found", "embeddings-not-2d", "embeddings-nan", "gradmatch-lam-negative",
-        "glister-without-validation", "sweep-model-misfit", "cnn1d-on-images", "unknown-signal"}
+        "glister-without-validation", "sweep-model-misfit", "cnn1d-on-images", "unknown-signal",
+        "exact-duplicates-1.5", "near-duplicate-cosine-1", "outlier-kind", "imbalance-rho-0.5",
+        "near-duplicates-rows-in-file"}
 PARAMS = [pytest.param(case, id=name, marks=[pytest.mark.slow] if name in SLOW else []) for name, case in CASES.items()]
 
 
