@@ -29,6 +29,11 @@ class Dataset:
     # labels stay in y_train_clean so analyses can ask which samples a strategy kept or dropped.
     noisy: np.ndarray | None = None
     y_train_clean: np.ndarray | None = None
+    # Set by `dataset.val_fraction` (harness/data/validation.py): a held-out part of the original training set,
+    # never trained on; `val_indices` are its rows in the original training set (the rest, in order, is x_train).
+    x_val: np.ndarray | FileRows | None = None
+    y_val: np.ndarray | None = None
+    val_indices: np.ndarray | None = None
     # Ground truth of the corruptions (harness/data/corrupt.py), over the training rows as they are after them:
     # {kind: bool mask} for label_noise, exact_duplicates, near_duplicates, outliers (kinds applied only);
     # duplicate_of: the row an appended copy was made from, -1 elsewhere (set when any corruption ran).
@@ -38,11 +43,6 @@ class Dataset:
     # of each class.
     imbalance_dropped: np.ndarray | None = None
     imbalance_dropped_per_class: np.ndarray | None = None
-    # Set by `dataset.val_fraction` (harness/data/validation.py): a held-out part of the original training set,
-    # never trained on; `val_indices` are its rows in the original training set (the rest, in order, is x_train).
-    x_val: np.ndarray | FileRows | None = None
-    y_val: np.ndarray | None = None
-    val_indices: np.ndarray | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
