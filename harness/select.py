@@ -108,4 +108,6 @@ def run_selection(cfg: DictConfig, stage: Pipeline, data: Dataset, device: torch
     run.metrics(metrics)
     run.tags({"selected_indices_sha256": hashlib.sha256(selection.indices.tobytes()).hexdigest()[:16]})
     run.artifact_array("selected_indices.npy", selection.indices)
+    if selection.weights is not None:  # coreset weights (CRAIG, GradMatch): harness.export writes them with the indices
+        run.artifact_array("selected_weights.npy", np.asarray(selection.weights, dtype=np.float64))
     return selection

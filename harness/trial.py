@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness import manifest
 from harness.build import build_dataset, build_model
+from harness.card import card_json, dataset_card
 from harness.config import config_hash, effective_fraction, validate
 from harness.data.corrupt import corrupt, ground_truth_arrays, ground_truth_counts, selection_audit
 from harness.data.validation import split_validation
@@ -114,6 +115,8 @@ def run_trial(cfg: DictConfig, replay: Numerics | None = None) -> TrialResult:
             data = split_validation(source.load(cfg.cache_dir), cfg.dataset.get("val_fraction"), cfg.seed)
             data = corrupt(data, cfg.corruption, cfg.seed)
         run.tags({"dataset_fingerprint": data.fingerprint, **numerics.tags()})
+        # what this run trained on, comparable byte for byte across runs; harness.export carries it
+        run.artifact_text("dataset_card.json", card_json(dataset_card(cfg, data, source)))
         if data.val_indices is not None:  # rows of the original training set held out; x_train is the rest
             run.metrics({"n_val": len(data.val_indices)})
             run.artifact_array("val_indices.npy", data.val_indices)

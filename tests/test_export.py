@@ -63,13 +63,16 @@ def test_export_round_trips_the_runs_selection(tiny_run, tmp_path, fmt):
     assert (meta["run_id"], meta["dataset_fingerprint"], meta["config_hash"], meta["strategy"], meta["fraction"]) == (
         run.run_id, run["tags.dataset_fingerprint"], run["tags.config_hash"], "random", 0.5)
     assert meta["weighted"] is False and load_export(out, data, with_weights=True)[1] is None
+    # the trial's dataset card travels with the export: the card of the data it trained on
+    card = meta["dataset_card"]
+    assert card["fingerprint"] == data.fingerprint and card["sizes"]["n_train"] == 40 and card["sizes"]["n_test"] == 12
     # a fingerprint alone will do; the range check then uses the run's n_train
     np.testing.assert_array_equal(load_export(out, data.fingerprint), tiny_run["selected"])
 
 
 def test_weights_round_trip_exactly(tiny_run, tmp_path):
-    # MIRRORS PROPOSED TRIAL CHANGES: harness/select.py does not log `selected_weights.npy` yet, nor harness/trial.py
-    # `dataset_card.json`. A copy of the real run with those artifacts added, as the snippets would log them.
+    # No static strategy gives weights today (CRAIG's and GradMatch's live in training's rounds), so this is a copy of
+    # the real run with `selected_weights.npy` added by hand, as harness/select.py logs it for a weighted Selection.
     client = MlflowClient(tiny_run["store"])
     src = tiny_run["run"]
     rid = client.create_run(src.experiment_id, tags={k[5:]: v for k, v in src.items()

@@ -9,3 +9,4 @@ run strategy=full,random probe.epochs=20 probe.runs=1 "$@"                  # no
 run probe.epochs=20 probe.runs=1 'probe.model={_target_:harness.models.Logistic}' "$@"       # SVP proxies
 run probe.epochs=20 probe.runs=1 'probe.model={_target_:harness.models.CNN1D,channels:8}' "$@"
 run probe.epochs=20 probe.runs=1 probe.subset=0.25 "$@"                    # the probe on a quarter of the data
+python -m harness.report probe_budget --reuse 10 --out experiments/probe_budget/report

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
@@ -19,9 +19,6 @@ from harness.data.base import Dataset, fingerprint
 from harness.data.rows import FileRows
 from harness.errors import UserError
 from harness.seeding import numpy_rng
-
-if TYPE_CHECKING:
-    from harness.config import CorruptionConfig
 
 LABEL_NOISE_KINDS = ("symmetric", "pair")
 OUTLIER_KINDS = ("noise", "shuffled")
@@ -36,7 +33,7 @@ def _check_number(key: str, value: object, ok: Callable[[float], bool], expected
         raise UserError(f"corruption.{key}={value}: expected {expected}")
 
 
-def check_corruption(c: CorruptionConfig, rows_in_file: bool = False) -> None:
+def check_corruption(c: Any, rows_in_file: bool = False) -> None:
     """Every `corruption.*` value, before any compute: one-line UserError naming the key and what it takes.
     `rows_in_file`: the training features stay in their file (`dataset.in_memory=false`); rows can be removed or
     repeated there, but not computed."""
@@ -61,7 +58,7 @@ def check_corruption(c: CorruptionConfig, rows_in_file: bool = False) -> None:
                                 f"dataset.in_memory=true or corruption.{key}=0")
 
 
-def rows_changed_by(c: CorruptionConfig) -> str | None:
+def rows_changed_by(c: Any) -> str | None:
     """The first `corruption.<key>=<value>` that adds or removes training rows, or None."""
     for key in APPENDED:
         if getattr(c, key) > 0:
@@ -69,7 +66,7 @@ def rows_changed_by(c: CorruptionConfig) -> str | None:
     return f"corruption.imbalance_rho={c.imbalance_rho}" if c.imbalance_rho > 1 else None
 
 
-def corrupt(data: Dataset, c: CorruptionConfig, seed: int) -> Dataset:
+def corrupt(data: Dataset, c: Any, seed: int) -> Dataset:
     """Apply every corruption `c` asks for, in the module's order, each from its own seeded stream; the fingerprint
     is recomputed once at the end (the signal cache and the run's tag must tell corrupted data from clean). With
     nothing asked, `data` itself comes back."""
