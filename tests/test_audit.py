@@ -254,3 +254,29 @@ def test_cli_bad_input_is_one_line_before_any_compute(args, message, tmp_path: P
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("winnow-audit: error: ") and message in lines[0], res.stderr
     assert res.stdout == "" and not out.exists()
+
+
+def _harness_has(signal: str, config_key: str) -> bool:
+    from harness.config import WinnowConfig
+    from harness.signals import DATA_SIGNALS
+
+    return signal in DATA_SIGNALS and config_key in WinnowConfig.__dataclass_fields__
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _harness_has("test_similarity", "audit"),
+                    reason="needs the test_similarity signal and the audit config (snippets in the audit's hand-over)")
+def test_trial_audits_and_decontaminates_the_planted_copies(write_npz, store: str, cache_dir: str):
+    from tests.conftest import runs_of
+
+    p = plant(n_train=300, n_test=80, d=16, n_exact=3, n_near=4, n_below=2, seed=9)
+    rng = np.random.default_rng(0)
+    path = write_npz(X_train=p.x_train, X_test=p.x_test, y_train=rng.integers(0, 3, 300),
+                     y_test=rng.integers(0, 3, 80))
+    res = run_cli("dataset=npz", f"dataset.path={path}", "model=logistic", "strategy=decontaminate",
+                  "audit.contamination=true", "trainer.steps=20", "trainer.epochs=null", f"tracking.uri={store}",
+                  f"cache_dir={cache_dir}")
+    assert res.returncode == 0, res.stderr
+    run = runs_of(store).iloc[0]
+    assert (run["metrics.audit_n_exact"], run["metrics.audit_n_near"]) == (3, 4)
+    assert run["metrics.n_selected"] == 300 - 7  # the seven planted copies, and nothing else
