@@ -109,6 +109,16 @@ class EmbeddingsConfig:
 
 
 @dataclass
+class AuditConfig:
+    """Contamination audit of the test set against the training set before selection (harness/audit.py): logged,
+    never changes what is selected or trained. Not part of a trial's identity (config_hash)."""
+
+    contamination: bool = False  # true: log how many test samples have an exact or near copy in the training set
+    threshold: float = 0.98  # cosine at or above which a pair is near; why 0.98: strategies/decontaminate.py
+    space: str = "raw"  # raw (flattened inputs) | projection (the `projection` signal's map; probe.projection_dim)
+
+
+@dataclass
 class CostConfig:
     """How energy is estimated and what it costs (docs/cost.md). Not part of a trial's identity (config_hash)."""
 
@@ -133,6 +143,7 @@ class WinnowConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     cost: CostConfig = field(default_factory=CostConfig)
     embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     seed: int = 0  # derives every generator: init, data order, selection (harness/seeding.py)
     cache_dir: str = ".winnow/cache"  # generated datasets and signals, content-addressed, shared by a sweep
 
@@ -142,7 +153,7 @@ def register_schemas() -> None:
 
 
 # Keys that name where things go, not what the trial is: left out of the config hash.
-_NOT_IDENTITY = ("tracking", "cache_dir", "hydra", "cost")
+_NOT_IDENTITY = ("tracking", "cache_dir", "hydra", "cost", "audit")
 
 
 def _stage_class(strategy: Any) -> Any:
@@ -343,6 +354,12 @@ def validate(cfg: DictConfig, check_files: bool = True, check_device: bool = Fal
             _positive_int(f"trainer.{unit}", t[unit])
     _positive_int("trainer.batch_size", t.batch_size)
     check_val_fraction(cfg.dataset.get("val_fraction"))
+    if isinstance(cfg.audit.threshold, bool) or not 0 < cfg.audit.threshold <= 1:
+        raise UserError(f"audit.threshold={cfg.audit.threshold}: expected a cosine in (0, 1]")
+    if cfg.audit.space not in ("raw", "projection"):
+        raise UserError(f"audit.space={cfg.audit.space}: expected raw or projection")
+    if cfg.audit.contamination and cfg.dataset.get("in_memory") is False:
+        raise UserError("audit.contamination=true: the audit reads every row; expected dataset.in_memory=true")
     check_corruption(cfg.corruption, rows_in_file=cfg.dataset.get("in_memory") is False)
     _positive_int("trainer.eval_every_epochs", t.eval_every_epochs)
     _positive_int("trainer.workers", t.workers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import resource
@@ -19,6 +20,7 @@ from harness import manifest
 from harness.build import build_dataset, build_model
 from harness.card import card_json, dataset_card
 from harness.config import config_hash, effective_fraction, validate
+from harness.data import Dataset
 from harness.data.corrupt import corrupt, ground_truth_arrays, ground_truth_counts, selection_audit
 from harness.data.validation import split_validation
 from harness.ddp import train_ddp
@@ -30,6 +32,8 @@ from harness.seeding import derive_seed
 from harness.select import run_selection
 from harness.tracking import TrialRun, flatten, trial_run
 from harness.train import TrainOutcome, resolve_device, train
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,6 +49,27 @@ def _peak_rss_bytes(stages_peak: float) -> float:
     """The trial's peak RSS: the largest stage peak (meters) or that of a helper process it started (KiB)."""
     own = stages_peak if stages_peak == stages_peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return float(max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024))
+
+
+def _audit_contamination(cfg: DictConfig, data: Dataset, run: TrialRun) -> dict:
+    """`audit.contamination=true`: exact and near copies of test samples in the training set (harness/audit.py). An
+    analysis of the data, not the strategy's cost: outside the meter's stages. A flagged overlap is a warning on the
+    console, the tag `audit_flagged` and the pairs as `contamination_pairs.npz`; the run goes on."""
+    from harness.audit import contamination
+
+    start = time.perf_counter()
+    report = contamination(data.x_train, data.x_test, cfg.audit.threshold, space=cfg.audit.space, seed=cfg.seed,
+                           projection_dim=cfg.probe.projection_dim)
+    run.metrics({"audit_s": time.perf_counter() - start, "audit_n_exact": report.n_exact,
+                 "audit_n_near": report.n_near, "audit_fraction_contaminated": report.fraction_contaminated})
+    run.tags({"audit_flagged": str(report.flagged).lower()})
+    _log_npz(run, "contamination_pairs.npz", {"test_index": report.test_index, "train_index": report.train_index,
+                                              "cosine": report.cosine, "exact": report.exact})
+    if report.flagged:
+        log.warning("contamination: %d of %d test samples have a copy in the training set (%d exact, %d near at "
+                    "cosine >= %g in %s space); strategy=decontaminate drops them from training", report.n_contaminated,
+                    report.n_test, report.n_exact, report.n_near, cfg.audit.threshold, cfg.audit.space)
+    return report.summary()
 
 
 def _log_npz(run: TrialRun, name: str, arrays: dict[str, np.ndarray]) -> None:
@@ -115,8 +140,9 @@ def run_trial(cfg: DictConfig, replay: Numerics | None = None) -> TrialResult:
             data = split_validation(source.load(cfg.cache_dir), cfg.dataset.get("val_fraction"), cfg.seed)
             data = corrupt(data, cfg.corruption, cfg.seed)
         run.tags({"dataset_fingerprint": data.fingerprint, **numerics.tags()})
+        audit = _audit_contamination(cfg, data, run) if cfg.audit.contamination else None
         # what this run trained on, comparable byte for byte across runs; harness.export carries it
-        run.artifact_text("dataset_card.json", card_json(dataset_card(cfg, data, source)))
+        run.artifact_text("dataset_card.json", card_json(dataset_card(cfg, data, source, audit=audit)))
         if data.val_indices is not None:  # rows of the original training set held out; x_train is the rest
             run.metrics({"n_val": len(data.val_indices)})
             run.artifact_array("val_indices.npy", data.val_indices)

@@ -256,16 +256,7 @@ def test_cli_bad_input_is_one_line_before_any_compute(args, message, tmp_path: P
     assert res.stdout == "" and not out.exists()
 
 
-def _harness_has(signal: str, config_key: str) -> bool:
-    from harness.config import WinnowConfig
-    from harness.signals import DATA_SIGNALS
-
-    return signal in DATA_SIGNALS and config_key in WinnowConfig.__dataclass_fields__
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _harness_has("test_similarity", "audit"),
-                    reason="needs the test_similarity signal and the audit config (snippets in the audit's hand-over)")
 def test_trial_audits_and_decontaminates_the_planted_copies(write_npz, store: str, cache_dir: str):
     from tests.conftest import runs_of
 
@@ -280,3 +271,4 @@ def test_trial_audits_and_decontaminates_the_planted_copies(write_npz, store: st
     run = runs_of(store).iloc[0]
     assert (run["metrics.audit_n_exact"], run["metrics.audit_n_near"]) == (3, 4)
     assert run["metrics.n_selected"] == 300 - 7  # the seven planted copies, and nothing else
+    assert run["tags.audit_flagged"] == "true" and "contamination:" in res.stderr + res.stdout  # the warning

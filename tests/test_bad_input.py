@@ -139,6 +139,8 @@ CASES = {
                              "strategy.pacing=cubic: expected one of linear"),
     "score-at-past-probe": Bad(("strategy=el2n", "probe.score_at=1.5"),
                                "probe.score_at=1.5: expected a fraction of the probe's training in [0, 1]"),
+    "audit-threshold": Bad(("audit.contamination=true", "audit.threshold=1.5"),
+                           "audit.threshold=1.5: expected a cosine in (0, 1]"),
     "probe-subset-0": Bad(("strategy=el2n", "probe.subset=0"),
                           "probe.subset=0.0: expected a fraction of the training set in (0, 1]"),
     # dynamic stages (strategies/dynamic.py) and budgets in samples
@@ -217,8 +219,8 @@ CASES = {
 # The whole table takes about 250 s; the quick loop (`-m "not slow"`) keeps the four and at least one case
 # of each kind (a model misfit, a probe setting, a dynamic stage, a validation split, a sweep, a file read in the run,
 # an embeddings file), about 80 s, and CI runs all of them.
-SLOW = {"probe-subset-0", "fraction-0", "betas-out-of-range", "unknown-optimizer-arg", "unknown-scheduler-arg",
-        "too-few-classes-out",
+SLOW = {"audit-threshold", "probe-subset-0", "fraction-0", "betas-out-of-range", "unknown-optimizer-arg",
+        "unknown-scheduler-arg", "too-few-classes-out",
         "negative-model-width", "probe-model-misfit", "cifar-not-there", "semdedup-eps", "pipeline-unknown-stage",
         "dedup-cannot-cut", "pipeline-cannot-cut", "curriculum-pacing", "sweep-bad-value", "npz-missing-array",
         "npz-not-a-zip", "npz-negative-labels", "npz-float-labels", "npz-empty", "npz-feature-shapes-differ",

@@ -16,12 +16,14 @@ PROBE_SIGNALS = EARLY_SIGNALS + ("embeddings", "losses", "loss", "forgetting", "
                                  "entropy")
 # Signals that need no probe: the samples themselves ("inputs", for exact dedup), the flattened inputs scaled
 # to unit norm ("raw"), and a seeded Gaussian random projection of them, unit norm ("projection").
-DATA_SIGNALS = ("inputs", "raw", "projection")
+# Also per training sample its largest cosine to any test sample in raw input space ("test_similarity", for the
+# decontaminate stage; FAISS exact search, strategies/decontaminate.py).
+DATA_SIGNALS = ("inputs", "raw", "projection", "test_similarity")
 # Embeddings computed elsewhere, read from `embeddings.path` (harness/signals/embeddings_file.py): no probe either.
 FILE_SIGNAL = "file"
 ALL_SIGNALS = PROBE_SIGNALS + DATA_SIGNALS + (FILE_SIGNAL,)
 # Data signals that are every training row in memory: not for rows left in their file (`dataset.in_memory=false`).
-IN_MEMORY_SIGNALS = ("inputs", "raw")
+IN_MEMORY_SIGNALS = ("inputs", "raw", "test_similarity")
 
 
 def rows_in_file_message(signal: str) -> str:

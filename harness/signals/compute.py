@@ -135,6 +135,10 @@ def data_signal(name: str, data: Dataset, seed: int, projection_dim: int) -> np.
     raw = l2_normalise(x)
     if name == "raw":
         return raw
+    if name == "test_similarity":  # per training row, its largest cosine to any test row: what decontaminate drops
+        from strategies.decontaminate import max_cosine_to
+
+        return max_cosine_to(raw, l2_normalise(data.x_test))
     proj = numpy_rng(seed, "projection").standard_normal((raw.shape[1], projection_dim), dtype=np.float32)
     return l2_normalise(raw @ proj)
 
