@@ -565,3 +565,171 @@ def test_probe_label_names_the_config_as_written():
     run = pd.Series({"probe.epochs": "None", "probe.model._target_": "harness.models.SmallCNN", "probe.subset": "0.5",
                      "probe.runs": None})  # runs: not logged by this (older) run
     assert probe_label(run, sorted(run.index)) == "epochs=null, model=SmallCNN, subset=0.5"
+
+
+# ---- data audits: what a selection kept of planted corruptions, and the contamination audit ---------------------
+
+KINDS = ("label_noise", "exact_duplicates", "near_duplicates", "outliers")
+audit_rng = np.random.default_rng(99)
+# (strategy, fraction) -> per seed: kept fraction per kind, and precision / recall of removing each kind of copy
+KEPT_BY_SEED = {
+    ("full", 1.0): {k: np.ones(3) for k in KINDS},
+    ("exact_dedup", 1.0): {"label_noise": np.array([0.91, 0.92, 0.90]), "exact_duplicates": np.zeros(3),
+                           "near_duplicates": np.ones(3), "outliers": np.ones(3)},
+    ("random", 0.5): {k: 0.5 + audit_rng.normal(0, 0.02, 3) for k in KINDS},
+}
+REMOVAL_BY_SEED = {  # (precision, recall) per seed; full removes nothing: its precision is undefined (NaN)
+    ("full", 1.0): {"exact_duplicates": ([np.nan] * 3, [0.0] * 3), "near_duplicates": ([np.nan] * 3, [0.0] * 3)},
+    ("exact_dedup", 1.0): {"exact_duplicates": ([1.0] * 3, [1.0] * 3), "near_duplicates": ([0.0] * 3, [0.0] * 3)},
+    ("random", 0.5): {"exact_duplicates": ([0.08, 0.07, 0.09], [0.47, 0.52, 0.50]),
+                      "near_duplicates": ([0.05, 0.04, 0.05], [0.55, 0.45, 0.50])},
+}
+
+
+@pytest.fixture(scope="module")
+def audit_store(tmp_path_factory) -> str:
+    """d1: corrupted training set, audit flagged (3 exact, 5 near test copies); d2: audit ran and found nothing, no
+    corruption (a failed run tagged flagged does not count); d3: neither, as runs logged before either existed."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('audit') / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("audit")
+    for (strategy, fraction), kept in KEPT_BY_SEED.items():
+        for s in range(3):
+            m = {"test_accuracy": 0.8, "total_s": 10.0, "noisy_selected_fraction": 0.2 + 0.01 * s,
+                 "n_label_noise": 911, "n_exact_duplicates": 400, "n_near_duplicates": 200, "n_outliers": 200,
+                 "audit_n_exact": 3, "audit_n_near": 5, "audit_fraction_contaminated": 0.008, "audit_s": 0.1}
+            m.update({f"kept_{k}_fraction": kept[k][s] for k in KINDS})
+            for kind, (p, r) in REMOVAL_BY_SEED[strategy, fraction].items():
+                m.update({f"precision_{kind}_removal": p[s], f"recall_{kind}_removal": r[s]})
+            _log(client, exp, {**_tags("d1", "m1", strategy, fraction, s), "audit_flagged": "true"}, m)
+            clean = {"test_accuracy": 0.8, "total_s": 10.0, "audit_n_exact": 0, "audit_n_near": 0,
+                     "audit_fraction_contaminated": 0.0, "audit_s": 0.1}
+            _log(client, exp, {**_tags("d2", "m1", strategy, fraction, s), "audit_flagged": "false"}, clean)
+            _log(client, exp, _tags("d3", "m1", strategy, fraction, s), {"test_accuracy": 0.8, "total_s": 10.0})
+    _log(client, exp, {**_tags("d2", "m1", "random", 0.5, 3), "audit_flagged": "true"},
+         {"audit_n_exact": 1, "audit_n_near": 0}, status="FAILED")
+    return uri
+
+
+@pytest.fixture(scope="module")
+def audit_report(audit_store):
+    return summarise(load_runs(audit_store, "audit"), "audit")
+
+
+def audit_row(report, dataset, strategy, fraction):
+    s = report.summary
+    hit = s[(s.dataset == dataset) & (s.strategy == strategy) & np.isclose(s.fraction, fraction)]
+    assert len(hit) == 1
+    return hit.iloc[0]
+
+
+@pytest.mark.parametrize("strategy, fraction", list(KEPT_BY_SEED))
+def test_kept_fractions_are_means_over_seeds_with_the_accuracy_bootstrap(audit_report, strategy, fraction):
+    r = audit_row(audit_report, "d1", strategy, fraction)
+    for kind in KINDS:
+        values = KEPT_BY_SEED[strategy, fraction][kind]
+        m = f"kept_{kind}_fraction"
+        assert r[m] == pytest.approx(values.mean(), abs=1e-12)
+        assert (r[f"{m}_lo"], r[f"{m}_hi"]) == pytest.approx(reference_bootstrap(values), abs=1e-12)
+    for kind, (p, rc) in REMOVAL_BY_SEED[strategy, fraction].items():
+        assert r[f"recall_{kind}_removal"] == pytest.approx(np.mean(rc), abs=1e-12)
+        if strategy == "full":  # nothing removed: precision undefined on every seed, n/a and not 0
+            assert np.isnan(r[f"precision_{kind}_removal"])
+        else:
+            assert r[f"precision_{kind}_removal"] == pytest.approx(np.mean(p), abs=1e-12)
+    assert r["noisy_selected_fraction"] == pytest.approx(0.21)
+    assert (r["n_exact_duplicates"], r["audit_n_exact"], r["audit_n_near"], r["audit_flagged_runs"]) == (400, 3, 5, 3)
+
+
+def test_data_audit_columns_exist_only_where_runs_logged_them(audit_report, report):
+    d2, d3 = audit_row(audit_report, "d2", "random", 0.5), audit_row(audit_report, "d3", "random", 0.5)
+    assert np.isnan(d2["kept_label_noise_fraction"]) and d2["audit_n_exact"] == 0 and d2["audit_flagged_runs"] == 0
+    assert np.isnan(d3["audit_n_exact"]) and np.isnan(d3["audit_flagged_runs"])  # not audited: n/a, not 0
+    # an experiment whose runs logged none of them has no such column at all
+    assert not [c for c in report.summary if c.startswith(("kept_", "precision_", "recall_", "audit_", "n_"))]
+    assert "noisy_selected_fraction" not in report.summary
+
+
+def _md_tables(md: str) -> dict[str, list[dict[str, str]]]:
+    """{panel title: rows as {header: cell}} of a report.md."""
+    out, title, header = {}, None, None
+    for line in md.splitlines():
+        if line.startswith("## "):
+            title, header = line[3:], None
+        elif line.startswith("| ") and title is not None:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if header is None:
+                header = cells
+                out[title] = []
+            else:
+                out[title].append(dict(zip(header, cells)))
+    return out
+
+
+def test_report_shows_data_audit_columns_and_flags_the_contaminated_panel(audit_store, tmp_path):
+    paths = build("audit", audit_store, tmp_path)
+    md = paths["md"].read_text()
+    tables = _md_tables(md)
+    d1 = {r["strategy"]: r for r in tables["d1 / m1"]}
+    headers = list(d1["random"])
+    assert headers[:6] == ["strategy", "fraction", "n", "accuracy % [95% CI]", "Δ vs full pp [95% CI]",
+                           "kept label noise %"]
+    kept = KEPT_BY_SEED["random", 0.5]["exact_duplicates"]
+    lo, hi = reference_bootstrap(kept)
+    assert d1["random"]["kept exact dups %"] == f"{kept.mean() * 100:.2f} [{lo * 100:.2f}, {hi * 100:.2f}]"
+    assert d1["exact_dedup"]["kept exact dups %"] == "0.00 [0.00, 0.00]"
+    assert d1["exact_dedup"]["exact dup removal P / R"] == "1.00 / 1.00"
+    assert d1["exact_dedup"]["near dup removal P / R"] == "0.00 / 0.00"
+    assert d1["full"]["exact dup removal P / R"] == "n/a / 0.00"
+    assert d1["random"]["near dup removal P / R"] == f"{np.mean([0.05, 0.04, 0.05]):.2f} / 0.50"
+    assert d1["random"]["noisy in subset %"] == "21.00"
+    assert d1["random"]["test copies exact / near"] == "3 / 5"
+    # d2: audited and clean: the audit column, no corruption columns; d3: neither
+    assert [h for h in tables["d2 / m1"][0] if h.startswith(("kept", "exact dup", "near dup", "noisy", "test"))] == [
+        "test copies exact / near"]
+    assert tables["d2 / m1"][0]["test copies exact / near"] == "0 / 0"
+    assert not [h for h in tables["d3 / m1"][0] if h.startswith(("kept", "exact dup", "near dup", "noisy", "test"))]
+
+    flag = "test set overlaps training: 3 exact, 5 near copies (audit)"
+    sections = md.split("\n## ")
+    assert [s.split("\n")[0] for s in sections if flag in s] == ["d1 / m1"]  # d2's flagged run failed: not counted
+    assert "9 of 9 audited runs flagged" in md and "Data audits (docs/data-audits.md)" in md
+    page = paths["html"].read_text()
+    assert page.count(flag) == 1 and page.index(flag) < page.index("<h2>d2 / m1</h2>")
+    assert "kept exact dups %" in page and paths["tex"].read_text().count("test set overlaps training") == 1
+
+    csv = pd.read_csv(paths["csv"], na_values=["n/a"]).set_index(["dataset", "strategy"])
+    assert csv.loc[("d1", "random"), "kept_outliers_fraction"] == pytest.approx(
+        KEPT_BY_SEED["random", 0.5]["outliers"].mean(), rel=1e-9)
+    assert csv.loc[("d1", "exact_dedup"), "recall_exact_duplicates_removal"] == 1.0
+    assert csv.loc[("d1", "full"), "audit_flagged_runs"] == 3 and csv.loc[("d2", "full"), "audit_flagged_runs"] == 0
+    assert np.isnan(csv.loc[("d3", "full"), "audit_n_exact"])
+
+
+def test_a_report_without_audited_runs_has_no_flag_and_no_audit_columns(store, tmp_path):
+    md = build(EXPERIMENT, store, tmp_path)["md"].read_text()
+    assert "Contamination" not in md and "kept " not in md and "test copies" not in md and "Data audits" not in md
+
+
+def test_flag_line_gives_the_range_when_runs_disagree():
+    from harness.report.render import overlap_line
+    from harness.report.summary import Overlap
+
+    line = overlap_line(Overlap(n_exact=(2.0, 2.0), n_near=(4.0, 6.0), flagged=2, audited=3))
+    assert line.startswith("test set overlaps training: 2 exact, 4 to 6 near copies (audit). 2 of 3 audited runs")
+
+
+def test_every_data_audit_metric_a_trial_logs_has_a_report_column():
+    from harness.config import CorruptionConfig
+    from harness.data import Dataset
+    from harness.data.corrupt import corrupt, ground_truth_counts, selection_audit
+    from harness.report.summary import DATA_AUDIT, KEPT
+
+    gen = np.random.default_rng(0)
+    clean = Dataset("hand", gen.normal(size=(200, 8)).astype(np.float32), gen.integers(0, 3, 200),
+                    gen.normal(size=(20, 8)).astype(np.float32), gen.integers(0, 3, 20), 3, "fp")
+    cfg = CorruptionConfig(label_noise=0.2, exact_duplicates=0.1, near_duplicates=0.1, outliers=0.1, imbalance_rho=2.0)
+    data = corrupt(clean, cfg, seed=0)
+    logged = {**selection_audit(data, np.arange(0, len(data.y_train), 2)), **ground_truth_counts(data)}
+    assert {f"kept_{k}_fraction" for k in KINDS} <= set(logged)
+    assert set(logged) <= {*KEPT, *DATA_AUDIT}

@@ -10,10 +10,11 @@ from mlflow.tracking import MlflowClient
 
 from harness.errors import UserError
 
-# Tags every trial sets (harness/trial.py); the report groups on the first four.
+# Tags every trial sets (harness/trial.py); the report groups on the first four. Some are set only sometimes:
+# `error` (a failed run), `reproduction_of` (harness.reproduce), `audit_flagged` (audit.contamination=true).
 GROUP_KEYS = ("dataset", "model", "strategy", "fraction")
 TAGS = (*GROUP_KEYS, "seed", "config_hash", "dataset_fingerprint", "selected_indices_sha256", "device", "error",
-        "reproduction_of")
+        "reproduction_of", "audit_flagged")
 _PAGE = 1000
 # Params of the probe (harness/config.py ProbeConfig, flattened: probe.epochs, probe.model._target_, ...), read for
 # every run: the summary keeps apart rows whose probe differs (summary.probe_keys).

@@ -12,13 +12,32 @@ import pandas as pd
 
 from harness.report.plots import Figure
 from harness.report.stats import ALPHA, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
-from harness.report.summary import BASELINE, REFERENCE, Report, panel_title
+from harness.report.summary import (
+    BASELINE,
+    DATA_AUDIT,
+    KEPT,
+    REFERENCE,
+    Overlap,
+    Report,
+    contamination_overlap,
+    panel_title,
+)
 
 NA = "n/a"
 ANYTIME_NOTE = ("Anytime figures: test accuracy at each evaluated epoch against the cost spent so far (data, probe, "
                 "static selection and training, per-epoch selection included; evaluation excluded), mean over "
                 "seeds per epoch on both axes, shaded 95% bootstrap interval of the accuracy. Runs that did not log "
                 "eval_cum_s are left out of them.")
+
+
+# In the Method section when the summary has any of the data-audit metrics (summary.KEPT, summary.DATA_AUDIT).
+DATA_AUDIT_NOTE = (
+    "Data audits (docs/data-audits.md), where runs logged them: kept <kind> %: planted rows of that corruption "
+    "selected / planted, mean over seeds with its 95% bootstrap interval, as accuracy; dup removal P / R: precision "
+    "(planted copies among the removed rows) and recall (removed planted copies / planted copies), means over seeds, "
+    "n/a where a seed's value is undefined (nothing removed); noisy in subset %: rows with a wrong label among the "
+    "selected ones; test copies exact / near: test samples with a byte-identical / near (cosine >= audit.threshold) "
+    "copy in the training set, means over seeds. ")
 
 
 def _has_anytime(figures: list[Figure]) -> bool:
@@ -45,7 +64,8 @@ def method(report: Report) -> str:
         + (f"Saved over K={report.reuse}: K × ({base} − this) per-training cost − one-time cost, negative when "
            f"it loses; as % of K {base} trainings. " if report.reuse is not None else "")
         + ("probe: the probe's config where it differs between rows (keys without probe.); rows with another "
-           "probe are kept apart. " if report.probe_keys else "") +
+           "probe are kept apart. " if report.probe_keys else "")
+        + (DATA_AUDIT_NOTE if any(c in report.summary for c in (*KEPT, *DATA_AUDIT)) else "") +
         f"vs {ref}: mean over shared seeds of (this − {ref}) accuracy at the same fraction, its bootstrap "
         f"interval and a two-sided exact sign-flip permutation p-value; * marks p < {ALPHA} (reachable from 6 "
         f"paired seeds on). Pareto: no other row of the same {panel} has lower-or-equal mean total_s and "
@@ -94,6 +114,36 @@ OPTIONAL = [
 ]
 
 
+def _kept(kind: str) -> Callable[[pd.Series], str]:
+    m = f"kept_{kind}_fraction"
+    return lambda r: _with_ci(r[m], r[f"{m}_lo"], r[f"{m}_hi"]) if m in r else NA
+
+
+def _removal(kind: str) -> Callable[[pd.Series], str]:
+    def cell(r: pd.Series) -> str:
+        p, rc = (r.get(f"{pr}_{kind}_removal", float("nan")) for pr in ("precision", "recall"))
+        return NA if _isnan(p) and _isnan(rc) else f"{_num('.2f')(p)} / {_num('.2f')(rc)}"
+    return cell
+
+
+def _audit_counts(r: pd.Series) -> str:
+    exact, near = r.get("audit_n_exact", float("nan")), r.get("audit_n_near", float("nan"))
+    return NA if _isnan(exact) and _isnan(near) else f"{_num('g')(exact)} / {_num('g')(near)}"
+
+
+# Data-audit columns (docs/data-audits.md), after Δ: shown only when some row of the table has a value (header, cell).
+AUDIT_COLUMNS = [
+    ("kept label noise %", _kept("label_noise")),  # planted rows of the kind selected / planted, [95% CI]
+    ("kept exact dups %", _kept("exact_duplicates")),
+    ("kept near dups %", _kept("near_duplicates")),
+    ("kept outliers %", _kept("outliers")),
+    ("exact dup removal P / R", _removal("exact_duplicates")),  # precision / recall of removing the surplus copies
+    ("near dup removal P / R", _removal("near_duplicates")),
+    ("noisy in subset %", lambda r: _pct(r.get("noisy_selected_fraction", float("nan")))),
+    ("test copies exact / near", _audit_counts),  # the contamination audit: test samples with a copy in training
+]
+
+
 def _vs_reference(r: pd.Series, reference: str) -> str:
     if r["strategy"] == reference:
         return "(reference)"
@@ -137,8 +187,9 @@ def display_table(s: pd.DataFrame, baseline: str = BASELINE, reference: str = RE
             "accuracy % [95% CI]": _with_ci(r["accuracy"], r["accuracy_lo"], r["accuracy_hi"]),
             f"Δ vs {baseline} pp [95% CI]": "(baseline)" if r["strategy"] == baseline else
             _with_ci(r["delta_accuracy"], r["delta_lo"], r["delta_hi"], sign=True),
-            "total s": _num(".3g")(r["total_s"]),
         }
+        row.update({header: cell(r) for header, cell in AUDIT_COLUMNS})
+        row["total s"] = _num(".3g")(r["total_s"])
         for metric, header, fmt in OPTIONAL:
             row[header] = fmt(r[metric]) if metric in r else NA
         row["speedup"] = NA if _isnan(r["speedup"]) else f"{r['speedup']:.2f}x"
@@ -156,13 +207,31 @@ def display_table(s: pd.DataFrame, baseline: str = BASELINE, reference: str = RE
     # energy columns only where energy was metered (never "(baseline)" alone either)
     energy = [h for h in table.columns if "energy" in h and h not in {hh for _, hh, _ in OPTIONAL}]
     empty = [h for _, h, _ in OPTIONAL if h in table and (table[h] == NA).all()]
+    empty += [h for h, _ in AUDIT_COLUMNS if h in table and (table[h] == NA).all()]
     empty += [h for h in energy if table[h].isin([NA, "(baseline)"]).all()]
     return table.drop(columns=empty)
 
 
-def _tables(report: Report) -> list[tuple[str, pd.DataFrame]]:
-    return [(panel_title(report.panel, key), display_table(g, report.baseline, report.reference, report.reuse))
-            for key, g in report.summary.groupby(list(report.panel), dropna=False)]
+def overlap_line(o: Overlap) -> str:
+    """`test set overlaps training: 3 exact, 5 near copies (audit). ...`: a panel whose runs the audit flagged."""
+    def count(span: tuple[float, float]) -> str:
+        lo, hi = span
+        return NA if _isnan(lo) or _isnan(hi) else f"{lo:g}" if lo == hi else f"{lo:g} to {hi:g}"
+
+    return (f"test set overlaps training: {count(o.n_exact)} exact, {count(o.n_near)} near copies (audit). "
+            f"{o.flagged} of {o.audited} audited runs flagged; accuracy on those test samples may measure "
+            "memorisation (strategy=decontaminate drops such training samples; docs/data-audits.md).")
+
+
+def _tables(report: Report) -> list[tuple[str, pd.DataFrame, str]]:
+    """(title, display table, contamination flag line or "") per panel."""
+    out = []
+    for key, g in report.summary.groupby(list(report.panel), dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        overlap = contamination_overlap(report, key)
+        out.append((panel_title(report.panel, key), display_table(g, report.baseline, report.reference, report.reuse),
+                    overlap_line(overlap) if overlap else ""))
+    return out
 
 
 def _failed_table(report: Report) -> pd.DataFrame:
@@ -186,8 +255,9 @@ def to_markdown(report: Report, figures: list[Figure]) -> str:
     out = [f"# Report: {report.experiment}", "",
            f"{report.n_runs} runs read; {len(report.failed)} did not finish; "
            f"{len(report.missing)} groups with missing seeds.", ""]
-    for title, table in _tables(report):
-        out += [f"## {title}", "", markdown_table(table), ""]
+    for title, table, flag in _tables(report):
+        out += [f"## {title}", ""] + ([f"> **Contamination:** {flag}", ""] if flag else [])
+        out += [markdown_table(table), ""]
     out += ["## Method", "", method(report), ""]
     out += ["## Runs that did not finish", ""]
     out += [markdown_table(_failed_table(report)) if len(report.failed) else "None.", ""]
@@ -225,7 +295,9 @@ def latex_table(t: pd.DataFrame, caption: str) -> str:
 
 def to_latex(report: Report) -> str:
     head = f"% Winnow report: {report.experiment}. Needs \\usepackage{{booktabs}}.\n"
-    return head + "\n\n".join(latex_table(t, f"{report.experiment}: {title}") for title, t in _tables(report)) + "\n"
+    tables = [latex_table(t, f"{report.experiment}: {title}" + (f". Contamination: {flag}" if flag else ""))
+              for title, t, flag in _tables(report)]
+    return head + "\n\n".join(tables) + "\n"
 
 
 # ---- HTML ---------------------------------------------------------------------------------------
@@ -233,7 +305,8 @@ def to_latex(report: Report) -> str:
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}
 table{border-collapse:collapse;font-size:13px;margin:1em 0}th,td{border-bottom:1px solid #ccc;padding:3px 8px;
 text-align:right}th:first-child,td:first-child{text-align:left}figure{display:inline-block;margin:0 1em 1em 0}
-figure svg{width:560px;height:auto}p.method{font-size:13px;color:#444;max-width:1000px}"""
+figure svg{width:560px;height:auto}p.method{font-size:13px;color:#444;max-width:1000px}
+p.flag{color:#a00;border-left:4px solid #a00;padding-left:8px;max-width:1000px}"""
 
 
 def _inline_svg(path: Path) -> str:
@@ -250,8 +323,10 @@ def to_html(report: Report, figures: list[Figure]) -> str:
              f"<h1>Report: {html.escape(report.experiment)}</h1>",
              f"<p>{report.n_runs} runs read; {len(report.failed)} did not finish; "
              f"{len(report.missing)} groups with missing seeds.</p>"]
-    for title, t in _tables(report):
-        parts += [f"<h2>{html.escape(title)}</h2>", table(t)]
+    for title, t, flag in _tables(report):
+        parts += [f"<h2>{html.escape(title)}</h2>"]
+        parts += [f"<p class='flag'><strong>Contamination:</strong> {html.escape(flag)}</p>"] if flag else []
+        parts += [table(t)]
     parts += [f"<p class='method'>{html.escape(method(report))}</p>", "<h2>Figures</h2>"]
     parts += [f"<p class='method'>{html.escape(ANYTIME_NOTE)}</p>"] if _has_anytime(figures) else []
     parts += [f"<figure>{_inline_svg(f.svg)}<figcaption>{html.escape(f.title)}</figcaption></figure>"

@@ -6,6 +6,8 @@ table and figures. Accuracy gets a mean and a 95% bootstrap interval; the baseli
 seed by seed with the reference ("random") at the same fraction. Failed, missing and repeated seeds are listed.
 Rows of one strategy whose probe config differs (probe.epochs, probe.model._target_, ...) stay apart: column
 `probe`. Amortised cost: the break-even number of trainings that reuse one selection, and what K reuses save.
+Data audits, where runs logged them: what a selection kept of each planted corruption, how well it removed the
+surplus duplicates, and whether the test set overlaps the training set (the contamination audit).
 """
 
 from __future__ import annotations
@@ -44,6 +46,18 @@ ONE_TIME = {"s": ("total_s", ("probe_s", "selection_s")),
 PROBE_USED = "probe_train_s"
 # Probe params that never tell two rows apart: not an input of the probe (the projection signal's width).
 PROBE_IGNORED = ("probe.projection_dim",)
+# What a selection did to the corruptions a trial planted (harness/data/corrupt.py selection_audit and
+# ground_truth_counts; docs/data-audits.md) and the trial's contamination audit (audit.contamination=true,
+# harness/trial.py). Summarised only when some run logged them: a clean experiment's summary gets none of these columns.
+CORRUPTION_KINDS = ("label_noise", "exact_duplicates", "near_duplicates", "outliers")
+DUPLICATE_KINDS = ("exact_duplicates", "near_duplicates")  # those with precision/recall of removing the copies
+# corrupted rows selected / corrupted rows: mean over seeds with a bootstrap interval, as accuracy
+KEPT = tuple(f"kept_{kind}_fraction" for kind in CORRUPTION_KINDS)
+# plain means over seeds (n/a when a seed's value is NaN: a precision with nothing removed)
+DATA_AUDIT = (*(f"{pr}_{kind}_removal" for kind in DUPLICATE_KINDS for pr in ("precision", "recall")),
+              "noisy_selected_fraction", *(f"n_{kind}" for kind in CORRUPTION_KINDS), "n_imbalance_dropped",
+              "audit_n_exact", "audit_n_near", "audit_fraction_contaminated", "audit_s")
+AUDIT_FLAG = "audit_flagged"  # tag: "true" when the audit found a test sample with a copy in the training set
 
 
 @dataclass
@@ -68,6 +82,13 @@ class Report:
 def _group_mean(values: pd.Series) -> float:
     """Mean only when every run of the group logged the metric: a partial mean would mislead."""
     return float(values.mean()) if len(values) and values.notna().all() else float("nan")
+
+
+def _mean_ci(values: np.ndarray) -> tuple[float, float, float]:
+    """Mean and 95% bootstrap interval over seeds; all NaN when some seed has no value."""
+    if not len(values) or np.isnan(values).any():
+        return (float("nan"),) * 3
+    return (float(values.mean()), *bootstrap_mean_ci(values))
 
 
 def _latest_per_seed(finished: pd.DataFrame, keys: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -124,6 +145,7 @@ def summarise(runs: pd.DataFrame, experiment: str = "", by: Sequence[str] = (), 
     finished, repeated = _latest_per_seed(finished_all, keys)
     failed = runs[runs["status"] != "FINISHED"]
 
+    audited = AUDIT_FLAG in finished and finished[AUDIT_FLAG].notna().any()
     rows = []
     for key, g in finished.groupby(keys, dropna=False, sort=True):
         g = g.sort_values("seed")
@@ -131,10 +153,14 @@ def summarise(runs: pd.DataFrame, experiment: str = "", by: Sequence[str] = (), 
         acc = g[ACCURACY].to_numpy(dtype=float) if ACCURACY in g else np.full(len(g), np.nan)
         row["n"] = len(g)
         row["seeds"] = " ".join(str(s) for s in g["seed"])
-        row["accuracy"] = float(acc.mean()) if len(acc) and not np.isnan(acc).any() else float("nan")
-        row["accuracy_lo"], row["accuracy_hi"] = bootstrap_mean_ci(acc) if not np.isnan(acc).any() else (np.nan,) * 2
+        row["accuracy"], row["accuracy_lo"], row["accuracy_hi"] = _mean_ci(acc)
         for m in (*COSTS, *BUDGET):
             row[m] = _group_mean(g[m]) if m in g else float("nan")
+        for m in (m for m in KEPT if m in g):  # only where some run logged it: no column otherwise
+            row[m], row[f"{m}_lo"], row[f"{m}_hi"] = _mean_ci(g[m].to_numpy(dtype=float))
+        row.update({m: _group_mean(g[m]) for m in DATA_AUDIT if m in g})
+        if audited:  # runs of the group whose audit found a test sample in the training set; n/a: none audited
+            row["audit_flagged_runs"] = int((g[AUDIT_FLAG] == "true").sum()) if g[AUDIT_FLAG].notna().any() else np.nan
         row.update({k: g[k].iloc[0] for k in probe})  # one value per group: `probe` is their label
         for unit, (total, stages) in ONE_TIME.items():
             # per run, a stage it did not log cost it nothing once (its total has no such stage either)
@@ -263,6 +289,33 @@ def _missing_seeds(runs: pd.DataFrame, finished: pd.DataFrame, keys: list[str]) 
             rows.append({**dict(zip(keys, k)), "n": len(seeds), "expected_n": most,
                          "missing_seeds": " ".join(str(x) for x in sorted(expected - seeds))})
     return pd.DataFrame(rows, columns=cols)
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """What the contamination audit found in one panel's runs (those behind its numbers)."""
+
+    n_exact: tuple[float, float]  # min and max over the flagged runs of audit_n_exact: test samples with an exact copy
+    n_near: tuple[float, float]  # the same of audit_n_near: test samples with a near copy and no exact one
+    flagged: int  # runs tagged audit_flagged=true
+    audited: int  # runs that ran the audit (tagged either way)
+
+
+def contamination_overlap(report: Report, key: tuple) -> Overlap | None:
+    """The audit of the panel `key` (values of report.panel): None unless one of its runs was flagged."""
+    runs = report.runs_used
+    if AUDIT_FLAG not in runs or runs.empty:
+        return None
+    runs = runs[_same_panel(runs, pd.Series(dict(zip(report.panel, key)), dtype=object), list(report.panel))]
+    flagged = runs[runs[AUDIT_FLAG] == "true"]
+    if flagged.empty:
+        return None
+
+    def span(metric: str) -> tuple[float, float]:
+        v = flagged[metric] if metric in flagged else pd.Series(np.nan, index=flagged.index)
+        return float(v.min(skipna=False)), float(v.max(skipna=False))
+
+    return Overlap(span("audit_n_exact"), span("audit_n_near"), len(flagged), int(runs[AUDIT_FLAG].notna().sum()))
 
 
 def panel_title(panel: tuple[str, ...], values: tuple) -> str:
