@@ -225,6 +225,15 @@ def test_selection_audit_against_hand_computed_values():
     assert everything["recall_exact_duplicates_removal"] == 0
     no_copies = dataclasses.replace(data, corruptions={"exact_duplicates": np.zeros(10, bool)})
     assert np.isnan(selection_audit(no_copies, np.arange(5))["recall_exact_duplicates_removal"])
+    # removing every surplus copy of both kinds and nothing else is perfect for each kind, and so is dropping the
+    # sources and keeping the copies (a dedup stage may keep either member of a group)
+    for keep in ([0, 1, 2, 3, 4, 5, 9], [3, 4, 5, 6, 7, 8, 9]):
+        perfect = selection_audit(data, np.array(keep))
+        for kind in ("exact_duplicates", "near_duplicates"):
+            assert perfect[f"precision_{kind}_removal"] == perfect[f"recall_{kind}_removal"] == 1, (keep, kind)
+    # removing a whole group (source and copy) removes one row too many: a wrong removal
+    whole = selection_audit(data, np.array([1, 2, 3, 4, 5, 7, 8, 9]))  # removed: 0, 6
+    assert whole["recall_exact_duplicates_removal"] == 0.5 and whole["precision_exact_duplicates_removal"] == 0.5
 
 
 @pytest.mark.parametrize("override, message", [
@@ -314,7 +323,9 @@ def test_a_trial_logs_the_ground_truth_and_what_exact_dedup_did_to_it(store, cac
     assert run["metrics.n_selected"] == n_train - gt["exact_duplicates"].sum()
     assert run["metrics.kept_exact_duplicates_fraction"] == 0
     assert run["metrics.kept_near_duplicates_fraction"] == 1 and run["metrics.kept_outliers_fraction"] == 1
-    assert run["metrics.precision_near_duplicates_removal"] == 0 and run["metrics.recall_near_duplicates_removal"] == 0
+    # nothing near removed and nothing removed wrongly: near precision is undefined, its recall 0
+    assert np.isnan(run["metrics.precision_near_duplicates_removal"])
+    assert run["metrics.recall_near_duplicates_removal"] == 0
     # noisy rows removed are exactly the copies of noisy rows
     noisy = gt["label_noise"]
     expected_kept = 1 - (noisy & gt["exact_duplicates"]).sum() / noisy.sum()

@@ -263,20 +263,40 @@ def _ratio(num: int, den: int) -> float:
 def selection_audit(data: Dataset, indices: np.ndarray) -> dict[str, float]:
     """What a selection (`indices` into the corrupted training rows) did to each corruption present.
 
-    kept_<kind>_fraction: corrupted rows kept / corrupted rows. For the duplicate kinds, removal of the surplus
-    copies (each appended copy; its source stays wanted), removed = rows not selected:
-    precision_<kind>_removal = |removed & copies| / |removed|, recall_<kind>_removal = |removed & copies| / |copies|.
+    kept_<kind>_fraction: corrupted rows kept / corrupted rows. For the duplicate kinds, removal of surplus copies,
+    scored per group (a source row and its copies, removed = rows not selected): a group of g rows has g - 1 surplus
+    rows, and removing any of its members counts, up to g - 1, whichever member a dedup stage keeps.
+      recall_<kind>_removal = correct removals in the source + <kind>-copies groups / <kind> copies;
+      precision_<kind>_removal = those correct removals / (them + wrong removals), a wrong removal being a removed
+      row that is surplus in no group (the other duplicate kind's correct removals count as neither).
     NaN where a denominator is 0.
     """
-    selected = np.zeros(len(data.y_train), dtype=bool)
+    n = len(data.y_train)
+    selected = np.zeros(n, dtype=bool)
     selected[np.asarray(indices, dtype=np.int64)] = True
     removed = ~selected
     out = {}
+    dup = data.duplicate_of if data.duplicate_of is not None else np.full(n, -1, dtype=np.int64)
+    copies = {k: data.corruptions[k] & (dup >= 0) for k in DUPLICATE_KINDS if k in data.corruptions}
+
+    def correct(copy_mask: np.ndarray) -> int:
+        """Sum over groups (each source with its copies in `copy_mask`) of min(removed members, copies)."""
+        src = dup[copy_mask]
+        if not len(src):
+            return 0
+        n_copies = np.bincount(src, minlength=n)
+        n_removed = np.bincount(src, weights=removed[copy_mask], minlength=n) + (n_copies > 0) * removed
+        return int(np.minimum(n_removed, n_copies).sum())
+
+    any_copy = np.zeros(n, dtype=bool)
+    for mask in copies.values():
+        any_copy |= mask
+    wrong = int(np.count_nonzero(removed)) - correct(any_copy)
     for kind, mask in data.corruptions.items():
-        n = int(np.count_nonzero(mask))
-        out[f"kept_{kind}_fraction"] = _ratio(int(np.count_nonzero(mask & selected)), n)
-        if kind in DUPLICATE_KINDS:
-            hit = int(np.count_nonzero(mask & removed))
-            out[f"precision_{kind}_removal"] = _ratio(hit, int(np.count_nonzero(removed)))
-            out[f"recall_{kind}_removal"] = _ratio(hit, n)
+        n_kind = int(np.count_nonzero(mask))
+        out[f"kept_{kind}_fraction"] = _ratio(int(np.count_nonzero(mask & selected)), n_kind)
+        if kind in copies:
+            hit = correct(copies[kind])
+            out[f"precision_{kind}_removal"] = _ratio(hit, hit + wrong)
+            out[f"recall_{kind}_removal"] = _ratio(hit, int(np.count_nonzero(copies[kind])))
     return out

@@ -34,7 +34,8 @@ ANYTIME_NOTE = ("Anytime figures: test accuracy at each evaluated epoch against 
 DATA_AUDIT_NOTE = (
     "Data audits (docs/data-audits.md), where runs logged them: kept <kind> %: planted rows of that corruption "
     "selected / planted, mean over seeds with its 95% bootstrap interval, as accuracy; dup removal P / R: precision "
-    "(planted copies among the removed rows) and recall (removed planted copies / planted copies), means over seeds, "
+    "and recall of removing surplus copies, scored per group of a source and its copies (docs/data-audits.md), means "
+    "over seeds, "
     "n/a where a seed's value is undefined (nothing removed); noisy in subset %: rows with a wrong label among the "
     "selected ones; test copies exact / near: test samples with a byte-identical / near (cosine >= audit.threshold) "
     "copy in the training set, means over seeds. ")
