@@ -19,6 +19,7 @@ CHUNK_ROWS = 16_384
 # in raw space (median 0.80). Look-alike images that are not copies can exceed it in raw pixel space; the audit
 # reports the pairs so a user can look before dropping.
 DEFAULT_THRESHOLD_COS = 0.98
+COSINE_TOLERANCE = 1e-5  # float32 rounding of unit-vector inner products (measured: identical rows >= 0.9999994)
 
 
 def check_threshold(threshold_cos: float) -> None:
@@ -81,6 +82,7 @@ class Decontaminate(BaseStage):
         sim = np.asarray(rows(ctx.signals[self.signal], ctx.candidates))
         if sim.shape != (len(ctx.candidates),):
             raise SelectionError(f"signal {self.signal}: expected one value per training sample, got shape {sim.shape}")
-        drop = sim >= self.threshold_cos
+        # float32 cosines of byte-identical rows can fall a few ulps below 1: a threshold of 1 must still catch them
+        drop = sim >= self.threshold_cos - COSINE_TOLERANCE
         self.info["n_dropped"] = float(np.sum(drop))
         return Selection(np.sort(ctx.candidates[~drop]))

@@ -211,6 +211,11 @@ def test_decontaminate_thresholds_a_synthetic_signal_over_the_candidates():
     kept = Decontaminate(0.98).select(context(6, signal, cand)).indices
     assert kept.tolist() == [0, 2, 4]  # 1 (== threshold) and 5 dropped; 3 was no candidate
     assert Decontaminate(1.0).select(context(6, signal)).indices.tolist() == [0, 1, 2, 4, 5]
+    # exact copies whose float32 cosine rounds a few ulps below 1 are still copies at threshold 1
+    p = plant(seed=8)
+    exact = train_max_cosine(p.x_train, p.x_test)
+    kept = set(Decontaminate(1.0).select(context(len(p.x_train), exact)).indices.tolist())
+    assert not kept & {j for _, j in p.exact}
     for bad in (0.0, 1.01, True):
         with pytest.raises(SelectionError, match="threshold_cos"):
             Decontaminate(bad)

@@ -138,6 +138,8 @@ def test_probe_plan_follows_the_papers_and_the_trials_budget():
     assert plan_probe(_probe_cfg(), steps, {"el2n"}, 3000).epochs == 200
     short = plan_probe(_probe_cfg(epochs=15, runs=2, score_at=0.05, subset=0.25), trainer, {"el2n"}, 4000)
     assert (short.epochs, short.runs, short.score_epoch, short.trained_epochs) == (15, 2, 1, 0.5)
+    assert plan_probe(_probe_cfg(), trainer, {"embeddings_early"}, 4000).runs == 1  # run 0's features alone
+    assert plan_probe(_probe_cfg(), trainer, {"embeddings_early", "el2n"}, 4000).runs == 10
     sub = plan_probe(_probe_cfg(subset=0.5), trainer, {"forgetting"}, 4000)
     assert sub.per_epoch  # samples outside the subset are never presented: counted on end-of-epoch predictions
 
@@ -270,3 +272,29 @@ def test_concurrent_trials_of_one_key_train_the_probe_once(tmp_path):
     hits = sorted(json.loads(out.strip().splitlines()[-1])["hit"] for out, _ in results)
     assert hits == [False, True]  # one trained, the other waited and read its cache
     assert np.array_equal(np.load(tmp_path / "0.npy"), np.load(tmp_path / "1.npy"))
+
+
+class _StageMeter:
+    """What ProbeRecord.charge reads of a Meter: the probe stage's seconds and energy."""
+
+    def __init__(self, seconds: float, energy_j: dict[str, float]) -> None:
+        self.seconds, self.energy_j, self.charged = {"probe": seconds}, energy_j, []
+
+    def stage_energy_j(self, name: str) -> dict[str, float]:
+        return dict(self.energy_j)
+
+    def charge(self, name: str, seconds: float, energy_j: dict[str, float]) -> None:
+        self.charged.append((name, seconds, energy_j))
+
+
+def test_the_cached_cost_is_the_probes_own_not_the_whole_signal_stage(tmp_path):
+    # the stage took 3 s (the probe 1 s, a data signal such as test_similarity 2 s): a trial reading the cache is
+    # charged the probe's second and its share of the energy, and computes its data signals itself
+    from harness.signals.compute import ProbeRecord
+
+    trained = ProbeRecord(False, tmp_path / "k.npz", 0.9, 1.0, None)
+    trained.charge(_StageMeter(3.0, {"cpu": 30.0}))
+    hit = ProbeRecord(True, tmp_path / "k.npz", 0.9, 1.0, None)
+    meter = _StageMeter(0.01, {})
+    hit.charge(meter)
+    assert meter.charged == [("probe_cached", 1.0, {"cpu": 10.0})]

@@ -73,9 +73,14 @@ class ProbeRecord:
         beside the cache entry; a run that reads the cache is charged them as stage `probe_cached`, so
         `total_s`/`total_energy_j` are what the strategy costs on its own."""
         if not self.cache_hit:
+            # the probe's own share of the stage: the stage also computes data signals and reads embeddings files,
+            # which a later trial reading this cache pays for itself
+            stage_s = meter.seconds.get("probe", 0.0)
+            share = min(1.0, self.train_s / stage_s) if stage_s > 0 else 1.0
+            energy = {k: v * share for k, v in meter.stage_energy_j("probe").items()}
             tmp = self.cost_path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"probe_s": meter.seconds.get("probe", 0.0),
-                                       "probe_energy_j": meter.stage_energy_j("probe")}))
+            tmp.write_text(json.dumps({"probe_s": min(self.train_s, stage_s) if stage_s > 0 else self.train_s,
+                                       "probe_energy_j": energy}))
             os.replace(tmp, self.cost_path)  # atomic: concurrent trials never read half a file
         elif self.cost_path.exists():
             cost = json.loads(self.cost_path.read_text())
@@ -93,13 +98,16 @@ def probe_key(cfg: DictConfig, data: Dataset, plan: ProbePlan, device: torch.dev
 
     The device type and the precision are in it: bf16 autocast (on CUDA) and another device's kernels give other
     numbers, and a signal must not be served from a probe computed another way."""
-    model = cfg.probe.model if cfg.probe.model is not None else cfg.model
+    model = OmegaConf.to_container(cfg.probe.model if cfg.probe.model is not None else cfg.model, resolve=True)
+    model.pop("name", None)  # a report label, not the network
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     recipe = {k: v for k, v in trainer.items() if k not in NOT_PROBE_IDENTITY}
+    if recipe.get("augment") is None:  # no augmentation: its padding means nothing
+        recipe.pop("crop_padding", None)
     amp = bool(cfg.trainer.amp) and device.type == "cuda"  # what the training loop does with trainer.amp
     compiled = bool(cfg.trainer.compile) and device.type == "cuda"
     ident = {"v": CACHE_VERSION, "data": data.fingerprint, "plan": plan.as_dict(),
-             "model": OmegaConf.to_container(model, resolve=True), "trainer": recipe, "seed": cfg.seed,
+             "model": model, "trainer": recipe, "seed": cfg.seed,
              "device": device.type, "amp_bf16": amp, "compile": compiled}
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:20]
 

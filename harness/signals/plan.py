@@ -8,7 +8,8 @@ Import-light (no torch): the preflight and the cache key use it before any compu
   initialisation. A probe asked only for early scores stops training at the latest of them, its lr schedule still
   L epochs long (what training to epoch 20 of a 200-epoch run is). Any other signal needs all L epochs.
 - Runs: `probe.runs`, or (null) the papers' counts: 10 for early scores alone (Paul et al. average EL2N and GraNd
-  over 10 initialisations), 1 otherwise (one training run: Toneva et al.'s forgetting, Coleman et al.'s proxy).
+  over 10 initialisations), 1 otherwise (one training run: Toneva et al.'s forgetting, Coleman et al.'s proxy; early
+  embeddings alone, which come from run 0).
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def plan_probe(probe: Any, trainer: Any, needs: frozenset[str] | set[str], n_tra
         raise ValueError(f"no probe signal in {sorted(needs)}")
     length = int(probe.epochs) if probe.epochs is not None else budget_epochs(trainer, n_train)
     early_only = wanted <= set(EARLY_SIGNALS)
-    runs = int(probe.runs) if probe.runs is not None else (PAPER_RUNS_EARLY if early_only else 1)
+    averaged = wanted & set(EARLY_SIGNALS) - {"embeddings_early"}  # embeddings come from run 0 alone
+    runs = int(probe.runs) if probe.runs is not None else (PAPER_RUNS_EARLY if early_only and averaged else 1)
     score, grand = epoch_at(probe.score_at, length), epoch_at(probe.grand_at, length)
     if early_only:
         stop = max(grand if s == "grand" else score for s in wanted)

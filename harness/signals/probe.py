@@ -5,7 +5,8 @@ data order, derived from the trial's seed):
 - at `score_epoch`: EL2N, last-layer GraNd and (run 0) the penultimate features (`embeddings_early`);
 - at `grand_epoch`: GraNd, the norm of each sample's loss gradient over all parameters (torch.func);
 - every training step: whether each presented sample was classified correctly by the step's own forward, before
-  the update; a forgetting event is a correct presentation followed by an incorrect one (Toneva et al. 2019);
+  the update; a forgetting event is a correct presentation followed by an incorrect one (Toneva et al. 2019); a
+  probe on a subset counts every row on end-of-epoch predictions instead (rows outside it are never presented);
 - at the end (L epochs): softmax (uncertainty) and, from run 0, the penultimate features (`embeddings`);
 - after every epoch, only when asked (`per_epoch`): every sample's loss (`losses`, `loss`) and correctness.
 """
@@ -125,7 +126,7 @@ def run_probe(cfg: DictConfig, data: Dataset, device: torch.device, plan: ProbeP
     rows = np.arange(n) if plan.subset >= 1 else probe_subset(y_np, plan.subset, cfg.seed)
     rows_t = torch.from_numpy(rows).to(device)
     outside = np.ones(n, dtype=bool)
-    outside[rows] = False  # never presented: their forgetting is counted on end-of-epoch predictions
+    outside[rows] = False  # never presented: forgetting is then counted on end-of-epoch predictions for every row
     ended = plan.stop_epoch == plan.epochs
     early: dict[str, list[np.ndarray]] = {"el2n": [], "grand_last_layer": [], "grand": []}
     losses = np.zeros((plan.runs, plan.stop_epoch, n), np.float32) if plan.per_epoch else None
@@ -172,10 +173,9 @@ def run_probe(cfg: DictConfig, data: Dataset, device: torch.device, plan: ProbeP
         bs = trainer_cfg.batch_size
         flops += step_flops(model, x[:bs], y[:bs]) * outcome.steps
         if ended and (correct is not None or not outside.any()):
-            counts = tracker.counts()
-            if outside.any():  # not in the probe's subset: transitions between end-of-epoch predictions
-                counts[outside] = scores.forgetting_counts(correct[r][:, outside])
-            forgetting.append(counts)
+            # On a subset, rows outside it are never presented, so every row is counted on the same end-of-epoch
+            # predictions (one measure for all; mixing it with per-presentation counts biased the ranking by subset)
+            forgetting.append(tracker.counts() if not outside.any() else scores.forgetting_counts(correct[r]))
 
     out.update({k: np.mean(v, axis=0) for k, v in early.items() if v})
     if losses is not None:
