@@ -174,6 +174,14 @@ def effective_fraction(cfg: DictConfig) -> float:
     return float(cfg.strategy.get("fraction", 1.0))
 
 
+def _uses_probe(cfg: DictConfig) -> bool:
+    """Whether the trial's strategy needs a probe signal (True when the strategy cannot be built here: keep it all)."""
+    try:
+        return bool(build_strategy(cfg).needs & set(PROBE_SIGNALS))
+    except Exception:
+        return True
+
+
 def config_hash(cfg: DictConfig) -> str:
     """Names a trial by its resolved config minus output locations; resume and caches key on it.
 
@@ -197,6 +205,8 @@ def config_hash(cfg: DictConfig) -> str:
             trainer.pop("crop_padding", None)
         if trainer.get("label_smoothing", 0) == 0:
             trainer.pop("label_smoothing", None)
+    if "probe" in d and not _uses_probe(cfg):  # a strategy without a probe: its settings change nothing
+        d.pop("probe")
     strategy = d.get("strategy")
     if isinstance(strategy, dict) and "_target_" in strategy:
         if "fraction" in strategy:

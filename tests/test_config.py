@@ -31,3 +31,14 @@ def test_a_sweep_of_orderings_by_pacings_runs_standard_once(compose_cfg):
     assert h("strategy.ordering=random") != h("strategy.ordering=random", "strategy.pacing=step")
     assert h() != h("strategy.pacing=step")
     assert h() != h("strategy.signal=forgetting")
+
+
+def test_probe_settings_are_part_of_a_trials_identity_only_when_its_strategy_uses_a_probe(compose_cfg):
+    from harness.config import config_hash
+
+    for strategy in ("full", "random", "rs2", "knn_dedup"):  # no probe signal: a probe setting changes nothing
+        assert config_hash(compose_cfg(f"strategy={strategy}")) == config_hash(
+            compose_cfg(f"strategy={strategy}", "probe.runs=3", "probe.score_at=0.5")), strategy
+    for strategy in ("el2n", "forgetting", "kcenter"):
+        assert config_hash(compose_cfg(f"strategy={strategy}")) != config_hash(
+            compose_cfg(f"strategy={strategy}", "probe.runs=3")), strategy
