@@ -245,12 +245,15 @@ def test_cli_prints_counts_and_writes_pairs(write_npz, tmp_path: Path, cache_dir
 
 @pytest.mark.parametrize("args, message", [
     (["--space", "pixels"], "space=pixels: expected one of raw, projection, embedding"),
-    (["--threshold", "1.5"], "threshold=1.5: expected a cosine in (0, 1]"),
-    (["--threshold", "0"], "threshold=0.0: expected a cosine in (0, 1]"),
-    (["--k", "0"], "k=0: expected a positive integer"),
-    (["--space", "embedding", "--embeddings", "/nonexistent/a.npy", "/nonexistent/b.npy"],
-     "--embeddings /nonexistent/a.npy: file not found"),
-    (["dataset=npz", "dataset.path=/nonexistent/data.npz"], "dataset.path=/nonexistent/data.npz: file not found"),
+    # each a subprocess of about 2 s: one in the quick loop, the rest in the full suite
+    *[pytest.param(*case, marks=pytest.mark.slow) for case in (
+        (["--threshold", "1.5"], "threshold=1.5: expected a cosine in (0, 1]"),
+        (["--threshold", "0"], "threshold=0.0: expected a cosine in (0, 1]"),
+        (["--k", "0"], "k=0: expected a positive integer"),
+        (["--space", "embedding", "--embeddings", "/nonexistent/a.npy", "/nonexistent/b.npy"],
+         "--embeddings /nonexistent/a.npy: file not found"),
+        (["dataset=npz", "dataset.path=/nonexistent/data.npz"], "dataset.path=/nonexistent/data.npz: file not found"),
+    )],
 ])
 def test_cli_bad_input_is_one_line_before_any_compute(args, message, tmp_path: Path):
     out = tmp_path / "audit"
