@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -292,6 +294,16 @@ def _job_return(job: Job, n_failed: int, n_total: int) -> JobReturn:
     return ret
 
 
+POLL_S = 0.5  # how often the driver's wait for trials looks at the Ctrl-C flag
+
+
+def _on_sigint(handler: Any) -> Any:
+    """Install `handler` for SIGINT and return the previous one; a no-op off the main thread (signal's rule)."""
+    if threading.current_thread() is not threading.main_thread() or handler is None:
+        return None
+    return signal.signal(signal.SIGINT, handler)
+
+
 def launch(hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig,
            job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
     import ray
@@ -321,6 +333,11 @@ def launch(hydra_context: HydraContext, task_function: TaskFunction, config: Dic
     started_ray = _connect(params) if todo else False
     sweep_id = uuid.uuid4().hex[:8]
     pending: dict[Any, Job] = {}
+    # Ctrl-C sets a flag that the wait loop polls, instead of raising wherever the main thread happens to be: a
+    # KeyboardInterrupt raised inside library code that catches it (seen intermittently: the sweep then ran to
+    # the end and exited 0) would lose the user's Ctrl-C.
+    interrupted = threading.Event()
+    previous = _on_sigint(lambda *_: interrupted.set())
     try:
         if todo:
             _check_store_reachable(todo)
@@ -329,7 +346,11 @@ def launch(hydra_context: HydraContext, task_function: TaskFunction, config: Dic
                    file=sys.stderr, desc=f"sweep {sweep_id}")
         with bar:
             while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
+                if interrupted.is_set():
+                    raise KeyboardInterrupt
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+                if not ready:
+                    continue
                 job = pending.pop(ready[0])
                 try:
                     job.result = ray.get(ready[0])
@@ -345,8 +366,12 @@ def launch(hydra_context: HydraContext, task_function: TaskFunction, config: Dic
         print(_summary(jobs), flush=True)
         raise
     finally:
+        _on_sigint(previous)
         if started_ray:
             ray.shutdown()
+    if interrupted.is_set():  # Ctrl-C after the last trial came back: still an interrupted sweep
+        print(_summary(jobs), flush=True)
+        raise KeyboardInterrupt
     print(_summary(jobs), flush=True)
     n_failed = sum(j.state == "failed" for j in jobs)
     return [_job_return(j, n_failed, len(jobs)) for j in jobs]
