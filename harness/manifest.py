@@ -13,7 +13,8 @@ PACKAGES = ("torch", "numpy", "faiss-cpu", "hydra-core", "omegaconf", "mlflow", 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), for manifests and benchmark headers."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -68,7 +69,7 @@ def environment_manifest() -> dict:
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": __import__("os").cpu_count(),
         "gpus": _gpus(),
         "packages": versions,
