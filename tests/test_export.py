@@ -45,6 +45,7 @@ def export_cli(*args: str):
     return run_cli(*args, module="harness.export")
 
 
+@pytest.mark.slow  # shares one real trial (about 10 s): the full suite
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_export_round_trips_the_runs_selection(tiny_run, tmp_path, fmt):
     run = tiny_run["run"]
@@ -70,6 +71,7 @@ def test_export_round_trips_the_runs_selection(tiny_run, tmp_path, fmt):
     np.testing.assert_array_equal(load_export(out, data.fingerprint), tiny_run["selected"])
 
 
+@pytest.mark.slow  # shares one real trial (about 10 s): the full suite
 def test_weights_round_trip_exactly(tiny_run, tmp_path):
     # No static strategy gives weights today (CRAIG's and GradMatch's live in training's rounds), so this is a copy of
     # the real run with `selected_weights.npy` added by hand, as harness/select.py logs it for a weighted Selection.
@@ -94,6 +96,7 @@ def test_weights_round_trip_exactly(tiny_run, tmp_path):
         assert read_export(out).meta["dataset_card"] == card
 
 
+@pytest.mark.slow  # shares one real trial (about 10 s): the full suite
 def test_load_refuses_data_with_another_fingerprint(tiny_run, tmp_path):
     out = tmp_path / "sel.csv"
     export(tiny_run["run"].run_id, "csv", out, tiny_run["store"])
@@ -109,6 +112,7 @@ def test_load_refuses_data_with_another_fingerprint(tiny_run, tmp_path):
     (np.array([-1, 5]), "index -1 is outside the training set of 40 rows"),
     (np.array([3, 5, 3]), "1 repeated indices; a selection is unique rows"),
 ])
+@pytest.mark.slow  # shares one real trial (about 10 s): the full suite
 def test_load_refuses_indices_out_of_range_or_repeated(tiny_run, tmp_path, indices, message):
     out = tmp_path / "bad.jsonl"
     write_export(out, "jsonl", indices, None, {"dataset_fingerprint": tiny_run["data"].fingerprint, "n_train": 40})
@@ -116,6 +120,7 @@ def test_load_refuses_indices_out_of_range_or_repeated(tiny_run, tmp_path, indic
         load_export(out, tiny_run["data"])
 
 
+@pytest.mark.slow  # shares one real trial (about 10 s): the full suite
 def test_load_refuses_a_file_edited_after_export(tiny_run, tmp_path):
     out = tmp_path / "sel.npy"
     export(tiny_run["run"].run_id, "npy", out, tiny_run["store"])
@@ -125,6 +130,7 @@ def test_load_refuses_a_file_edited_after_export(tiny_run, tmp_path):
         load_export(out, tiny_run["data"])
 
 
+@pytest.mark.slow  # shares one real trial (about 10 s): the full suite
 @pytest.mark.parametrize("case", ["unknown run", "no indices", "unknown format", "unwritable path", "no run id"])
 def test_cli_bad_inputs_exit_non_zero_with_one_line(tiny_run, tmp_path, capsys, case):
     store, rid = tiny_run["store"], tiny_run["run"].run_id
@@ -228,6 +234,7 @@ def test_card_counts_each_corruption_mask_and_duplicates(compose_cfg, tmp_path):
     assert card["n_copies"] == 2 and card["seed"] == 1
 
 
+@pytest.mark.slow  # shares one real trial (about 10 s): the full suite
 def test_card_of_the_runs_data_carries_the_runs_fingerprint(tiny_run, compose_cfg):
     cfg = compose_cfg("dataset=npz", f"dataset.path={tiny_run['tmp'] / 'data.npz'}", "seed=3")
     card = dataset_card(cfg, tiny_run["data"])
@@ -235,6 +242,7 @@ def test_card_of_the_runs_data_carries_the_runs_fingerprint(tiny_run, compose_cf
     assert card["sizes"] == {"n_train": 40, "n_test": 12} and sum(card["class_counts"]["train"]) == 40
 
 
+@pytest.mark.slow  # shares one real trial (about 10 s): the full suite
 def test_export_of_a_run_is_path_independent(tiny_run, tmp_path):
     """Two exports of one run agree whatever the output's name: the metadata holds no path or time."""
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"

@@ -30,6 +30,7 @@ def test_the_environments_store_is_used_by_run_report_and_reproduce(tmp_path, ca
     assert not (tmp_path / "mlflow.db").exists()  # the default store was never touched
 
 
+@pytest.mark.slow  # a CLI trial (about 9 s)
 def test_an_explicit_uri_wins_over_the_environment(tmp_path, cache_dir):
     env_uri, explicit = f"sqlite:///{tmp_path / 'env.db'}", f"sqlite:///{tmp_path / 'explicit.db'}"
     res = run_cli("dataset=digits", "model=mlp", "trainer.epochs=1", f"tracking.uri={explicit}",
