@@ -62,6 +62,7 @@ def test_same_config_and_seed_twice_gives_identical_indices_and_accuracy(store, 
     assert runs["tags.config_hash"].nunique() == 1
 
 
+@pytest.mark.slow  # a CLI trial (about 10 s): the full suite
 def test_a_crash_ends_the_run_failed_with_its_error(store, cache_dir):
     # a model that passes the preflight's forward (eval, no grad) and fails once it trains: past every check
     res = run_cli("model._target_=tests.crashing_model.CrashInTraining", "trainer.epochs=1",
