@@ -27,11 +27,9 @@ from typing import Any, NoReturn
 
 import numpy as np
 import pandas as pd
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
 from harness.errors import UserError, exit_user_error
-from harness.tracking import tracking_uri
+from harness.tracking import find_run
 
 FORMATS = ("npy", "csv", "jsonl")
 EXPORT_VERSION = 1
@@ -56,12 +54,7 @@ def sidecar_path(path: str | Path) -> Path:
 def read_run_selection(run_id: str, uri: str | None = None) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """(indices, weights or None, metadata) of `run_id` in the store `uri` (None: $MLFLOW_TRACKING_URI, else
     sqlite:///mlflow.db). Raises UserError naming the run for an unknown run or one without indices."""
-    uri = tracking_uri(uri)
-    client = MlflowClient(uri)
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise UserError(f"run {run_id}: not found in {uri}") from None
+    client, run = find_run(run_id, uri)
     tags = run.data.tags
     indices = _artifact_array(client, run_id, INDICES_ARTIFACT)
     if indices is None:

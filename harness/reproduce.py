@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import UserError, exit_user_error, one_line
-from harness.tracking import flatten, tracking_uri
+from harness.tracking import find_run, flatten
 
 EXIT_OK, EXIT_DIFFERS, EXIT_USER, EXIT_DATA_CHANGED = 0, 1, 2, 3
 NUMERICS_TAGS = ("device", "torch_threads", "amp_dtype", "deterministic")  # harness/numerics.py
@@ -109,15 +109,7 @@ def load_config(client, run_id: str):
 
 def reproduce(run_id: str, uri: str | None = None) -> Comparison:
     """Re-run `run_id` from the store `uri` (None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db) and compare."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    uri = tracking_uri(uri)
-    client = MlflowClient(uri)
-    try:
-        original = client.get_run(run_id)
-    except MlflowException:
-        raise UserError(f"run {run_id}: not found in {uri}") from None
+    client, original = find_run(run_id, uri)
     if original.info.status != "FINISHED":
         raise UserError(f"run {run_id}: status {original.info.status}; only a FINISHED run can be reproduced")
     cfg = load_config(client, run_id)

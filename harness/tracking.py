@@ -35,6 +35,21 @@ def tracking_uri(uri: str | None = None) -> str:
     return uri or os.environ.get(URI_ENV) or DEFAULT_URI
 
 
+def find_run(run_id: str, uri: str | None = None) -> tuple[MlflowClient, Any]:
+    """A client of the store `uri` (resolved as `tracking_uri` does) and run `run_id` in it; UserError naming both
+    when the store has no such run (harness.reproduce and harness.export start so)."""
+    from mlflow.exceptions import MlflowException
+
+    from harness.errors import UserError
+
+    uri = tracking_uri(uri)
+    client = MlflowClient(uri)
+    try:
+        return client, client.get_run(run_id)
+    except MlflowException:
+        raise UserError(f"run {run_id}: not found in {uri}") from None
+
+
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested config -> {"trainer.optimizer.lr": "0.01", ...} for MLflow params."""
     out: dict[str, str] = {}
