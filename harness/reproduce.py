@@ -2,7 +2,8 @@
 
 Re-runs a finished trial from its logged `config.yaml` in the same tracking store (the new run is
 tagged `reproduction_of=RUN_ID`), with the numerics the run recorded (device, torch thread count:
-harness/numerics.py), then compares the two runs: dataset fingerprint, selected-indices hash, config hash
+harness/numerics.py), then compares the two runs: dataset fingerprint (and the embeddings file's, for a
+selection on `embedding=file`), selected-indices hash, config hash
 and every outcome metric. Circumstances (timings, energy, memory, whether the signal cache was warm) are
 shown, never compared; the environment manifests are diffed for information. The store is
 --tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db.
@@ -10,7 +11,7 @@ Run it from the directory the original trial ran in: relative paths in the confi
 cache_dir) resolve against the working directory.
 
 Exit codes: 0 reproduced; 1 results differ (or the re-run failed); 2 bad input (unknown run, no
-config); 3 the data changed (dataset fingerprint differs).
+config); 3 the data changed (dataset or embeddings fingerprint differs).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from harness.errors import UserError, exit_user_error, one_line
 from harness.tracking import find_run, flatten
 
 EXIT_OK, EXIT_DIFFERS, EXIT_USER, EXIT_DATA_CHANGED = 0, 1, 2, 3
+DATA_TAGS = ("dataset_fingerprint", "embeddings_fingerprint")  # the trial's inputs; embeddings only for embedding=file
 NUMERICS_TAGS = ("device", "torch_threads", "amp_dtype", "deterministic")  # harness/numerics.py
 # Circumstances, not results: measurements of cost vary run to run, and whether the signal cache was warm says
 # where the signals came from, not what they are (their content is compared through the selected indices).
@@ -73,12 +75,15 @@ def environment_diff(original: dict, new: dict) -> list[str]:
 class Comparison:
     new_run_id: str | None
     gpu: bool
-    data_changed: bool = False
     lines: list[str] = field(default_factory=list)       # one per compared item, "ok" or "DIFF"
     differences: list[str] = field(default_factory=list)  # items that did not reproduce
     environment: list[str] = field(default_factory=list)  # manifest differences (information)
     error: str | None = None                              # the re-run's error, when it failed
-    fingerprints: tuple[str | None, str | None] = (None, None)  # dataset_fingerprint: original, reproduction
+    changed_data: list[str] = field(default_factory=list)  # "dataset fingerprint <original> -> <new>" per changed input
+
+    @property
+    def data_changed(self) -> bool:
+        return bool(self.changed_data)
 
     @property
     def exit_code(self) -> int:
@@ -149,10 +154,13 @@ def compare(client, original, new, error: str | None = None) -> Comparison:
     gpu = any(str(t.get("device", "")).startswith("cuda") for t in (a_tags, b_tags))
     c = Comparison(new.info.run_id if new else None, gpu, error=error)
 
-    a_fp, b_fp = a_tags.get("dataset_fingerprint"), b_tags.get("dataset_fingerprint")
-    c.fingerprints = (a_fp, b_fp)
-    c.data_changed = bool(a_fp and b_fp and a_fp != b_fp)
-    for tag in ("dataset_fingerprint", "config_hash", "selected_indices_sha256"):
+    # the inputs: the training data, and the embeddings file a selection on `embedding=file` read
+    data_tags = [t for t in DATA_TAGS if t == "dataset_fingerprint" or t in a_tags]
+    for tag in data_tags:
+        a, b = a_tags.get(tag), b_tags.get(tag)
+        if a and b and a != b:
+            c.changed_data.append(f"{tag.replace('_', ' ')} {a} -> {b}")
+    for tag in (*data_tags, "config_hash", "selected_indices_sha256"):
         a, b = a_tags.get(tag), b_tags.get(tag)
         _record(c, tag, a == b and a is not None, f"{a} -> {b}" if a != b else f"{a}")
     for tag in NUMERICS_TAGS:  # replayed, so equal unless the re-run could not honour them
@@ -188,8 +196,7 @@ def report_text(run_id: str, c: Comparison) -> str:
     else:
         out.append("environment: same manifest")
     if c.data_changed:
-        a_fp, b_fp = c.fingerprints
-        out.append(f"DATA CHANGED: dataset fingerprint {a_fp} -> {b_fp}: the data differs from what run {run_id} "
+        out.append(f"DATA CHANGED: {'; '.join(c.changed_data)}: the data differs from what run {run_id} "
                    "trained on")
     elif c.error:
         out.append(f"NOT REPRODUCED: the re-run failed: {c.error}")

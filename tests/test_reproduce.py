@@ -10,7 +10,7 @@ import pytest
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
-from harness.reproduce import EXIT_DATA_CHANGED, EXIT_DIFFERS, EXIT_OK, EXIT_USER, compare, main, within
+from harness.reproduce import EXIT_DATA_CHANGED, EXIT_DIFFERS, EXIT_OK, EXIT_USER, compare, main, report_text, within
 from tests.conftest import HANG_S, REPO, run_cli, runs_of
 
 
@@ -58,9 +58,9 @@ def test_changed_data_is_reported_with_a_non_zero_exit(store, tmp_path, write_np
 
 
 def _synthetic_run(client: MlflowClient, exp: str, device: str, metrics: dict, fingerprint: str = "fp1",
-                   threads: str = "2"):
+                   threads: str = "2", **extra_tags: str):
     tags = {"device": device, "dataset_fingerprint": fingerprint, "config_hash": "c1", "selected_indices_sha256": "i1",
-            "torch_threads": threads}
+            "torch_threads": threads, **extra_tags}
     rid = client.create_run(exp).info.run_id
     client.log_batch(rid, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
                      tags=[RunTag(k, v) for k, v in tags.items()])
@@ -92,7 +92,20 @@ def test_compare_flags_a_fingerprint_change_as_data_changed(store):
     client = MlflowClient(store)
     exp = client.create_experiment("cmp")
     c = compare(client, _synthetic_run(client, exp, "cpu", BASE), _synthetic_run(client, exp, "cpu", BASE, "fp2"))
-    assert c.data_changed and c.exit_code == EXIT_DATA_CHANGED and c.fingerprints == ("fp1", "fp2")
+    assert c.data_changed and c.exit_code == EXIT_DATA_CHANGED and c.changed_data == ["dataset fingerprint fp1 -> fp2"]
+
+
+def test_a_changed_embeddings_file_is_data_changed_and_named(store):
+    """A selection on embedding=file read a file outside the dataset: the same data with another embeddings file is
+    not a reproduction, and the report says which input changed."""
+    client = MlflowClient(store)
+    exp = client.create_experiment("cmp")
+    a = _synthetic_run(client, exp, "cpu", BASE, embeddings_fingerprint="e1")
+    same = compare(client, a, _synthetic_run(client, exp, "cpu", BASE, embeddings_fingerprint="e1"))
+    assert same.exit_code == EXIT_OK and "embeddings_fingerprint" in "".join(same.lines)
+    c = compare(client, a, _synthetic_run(client, exp, "cpu", BASE, embeddings_fingerprint="e2"))
+    assert c.exit_code == EXIT_DATA_CHANGED and c.changed_data == ["embeddings fingerprint e1 -> e2"]
+    assert "DATA CHANGED: embeddings fingerprint e1 -> e2" in report_text(a.info.run_id, c)
 
 
 def test_within_tolerance_edges():
