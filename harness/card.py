@@ -49,6 +49,8 @@ def dataset_card(cfg: DictConfig, data: Dataset, source: Any = None, audit: dict
                          "test": _counts(data.y_test, data.num_classes)},
         "corruption": _corruption(cfg, data),
     }
+    if skipped := getattr(source, "skipped", None):  # unreadable files the source left out (image folders)
+        card["source"]["skipped_unreadable"] = list(skipped)
     if data.val_indices is not None:
         card["sizes"]["n_val"] = len(data.val_indices)
     if data.y_val is not None:

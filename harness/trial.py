@@ -140,6 +140,8 @@ def run_trial(cfg: DictConfig, replay: Numerics | None = None) -> TrialResult:
             data = split_validation(source.load(cfg.cache_dir), cfg.dataset.get("val_fraction"), cfg.seed)
             data = corrupt(data, cfg.corruption, cfg.seed)
         run.tags({"dataset_fingerprint": data.fingerprint, **numerics.tags()})
+        if skipped := getattr(source, "skipped", None):  # on_unreadable: skip; the card names the files
+            run.metrics({"n_unreadable_skipped": len(skipped)})
         audit = _audit_contamination(cfg, data, run) if cfg.audit.contamination else None
         # what this run trained on, comparable byte for byte across runs; harness.export carries it
         run.artifact_text("dataset_card.json", card_json(dataset_card(cfg, data, source, audit=audit)))

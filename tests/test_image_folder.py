@@ -6,12 +6,14 @@ which files were kept, in which order, under which label.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from harness.data import images
@@ -218,3 +220,8 @@ def test_a_trial_trains_resnet18_on_the_folder(tmp_path, store):
     assert "skipped 1 unreadable image: dog/broken.png" in res.stdout + res.stderr
     run = runs_of(store).iloc[0]
     assert run["status"] == "FINISHED" and run["tags.dataset"] == "image_folder" and run["metrics.n_train"] == 9
+    # the record says what was left out: a count to filter on, the files in the dataset card
+    assert run["metrics.n_unreadable_skipped"] == 1
+    card = json.loads(Path(MlflowClient(store).download_artifacts(run["run_id"], "dataset_card.json", str(tmp_path)))
+                      .read_text())
+    assert [s.split(" (")[0] for s in card["source"]["skipped_unreadable"]] == ["train_dir:dog/broken.png"]
