@@ -432,11 +432,11 @@ def validate(cfg: DictConfig, check_files: bool = True, check_device: bool = Fal
 
 def _check_embeddings(cfg: DictConfig, source: Any, check_files: bool) -> None:
     """`embeddings.path` is set; where files are checked, its .npy header says 2-D float and its row count is the
-    training set's, when the source can count its training rows cheaply (a `train_rows(cache_dir)` method)."""
+    training set's, when the source can count its training rows cheaply (`Source.train_rows` is not None)."""
     path = cfg.embeddings.path
     if not path:
         raise UserError(f"embeddings.path is null: strategy={cfg.strategy.get('name', cfg.strategy._target_)} reads "
                         "embedding=file; expected embeddings.path=... (an .npy file, one row per training sample)")
     if check_files:
-        count = getattr(source, "train_rows", None)
+        count = getattr(source, "train_rows", None)  # a user's source need not subclass Source
         check_embeddings_file(path, count(cfg.cache_dir) if callable(count) else None)

@@ -190,3 +190,28 @@ def test_a_trial_selects_on_the_file_and_records_it(tmp_path, store, cache_dir):
     assert run["status"] == "FINISHED" and run["tags.embedding"] == "file"
     assert run["tags.embeddings_fingerprint"] == fingerprint(emb.astype(np.float32))
     assert "metrics.probe_test_accuracy" not in run or np.isnan(run["metrics.probe_test_accuracy"])
+
+
+@pytest.mark.parametrize("dataset, overrides", [
+    ("mnist1d", ["dataset.num_samples=1234", "dataset.train_split=0.7"]),
+    ("digits", ["dataset.test_fraction=0.3"]),
+])
+def test_built_in_sources_count_their_training_rows_before_generating(dataset, overrides, compose_cfg, tmp_path):
+    """The preflight's row check needs the count before any data exists: it equals the rows `load` then gives."""
+    from harness.build import build_dataset
+
+    source = build_dataset(compose_cfg(f"dataset={dataset}", *overrides))
+    expected = source.train_rows(tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing generated or cached to count them
+    assert expected == len(source.load(tmp_path).y_train)
+
+
+def test_npz_rows_come_from_the_header_and_a_wrong_file_stops_the_preflight(tmp_path, compose_cfg, write_npz):
+    path = write_npz("d.npz")
+    emb = save(tmp_path, vectors(3))
+    cfg = compose_cfg("dataset=npz", f"dataset.path={path}", "strategy=kcenter", "strategy.embedding=file",
+                      f"embeddings.path={emb}")
+    with np.load(path) as z:
+        n = len(z["X_train"])
+    with pytest.raises(UserError, match=f"embeddings.path={emb}: 3 rows, but the training set has {n}"):
+        validate(cfg)

@@ -34,6 +34,11 @@ class Source:
         when that cannot be known cheaply."""
         return None
 
+    def train_rows(self, cache_dir: str | Path) -> int | None:  # noqa: ARG002 (image folders read their cache)
+        """Rows of the training set (before `dataset.val_fraction`) without loading or generating the data, for the
+        preflight's embeddings-file check; None when that cannot be known cheaply (the check then runs at load)."""
+        return None
+
     def prepare(self, cache_dir: str | Path) -> bool:
         """Do the one-time work `load` would otherwise do; True when there was work to do."""
         return False
@@ -62,6 +67,10 @@ class MNIST1D(Source):
     def peek(self) -> tuple[tuple[int, ...], int | None] | None:
         # the generator's own output length (its args, not the data: generating takes seconds); load() says 10
         return (self._args().final_seq_length,), 10
+
+    def train_rows(self, cache_dir: str | Path) -> int | None:  # noqa: ARG002
+        # mnist1d's make_dataset: num_samples // 10 per class (10 templates), then int(n * train_split) for training
+        return int((self.num_samples // 10) * 10 * self.train_split)
 
     def _args(self):
         from mnist1d.data import get_dataset_args
@@ -92,6 +101,9 @@ class MNIST1D(Source):
             return make_dataset("mnist1d", z["x"], z["y"], z["x_test"], z["y_test"], num_classes=10)
 
 
+DIGITS_ROWS = 1797  # scikit-learn's load_digits
+
+
 class Digits(Source):
     """scikit-learn's 8x8 handwritten digits (1,797 samples, shipped with the package), flattened to 64."""
 
@@ -106,12 +118,15 @@ class Digits(Source):
     def peek(self) -> tuple[tuple[int, ...], int | None] | None:
         return (64,), 10  # 8x8 images, flattened by load()
 
+    def train_rows(self, cache_dir: str | Path) -> int | None:  # noqa: ARG002
+        return DIGITS_ROWS - int(round(self.test_fraction * DIGITS_ROWS))
+
     def load(self, cache_dir: str | Path) -> Dataset:
         from sklearn.datasets import load_digits
 
         x, y = load_digits(return_X_y=True)
         perm = np.random.default_rng(self.split_seed).permutation(len(y))
-        n_test = int(round(self.test_fraction * len(y)))
+        n_test = int(round(self.test_fraction * len(y)))  # as train_rows (len(y) == DIGITS_ROWS)
         test, train = perm[:n_test], perm[n_test:]
         x = x / 16.0
         return make_dataset("digits", x[train], y[train], x[test], y[test], num_classes=10)
@@ -148,6 +163,17 @@ class NPZ(Source):
         except Exception:  # not a zip, a damaged member: load() reports it
             return None
         return header[0][1:], (None if None in classes else max(classes))
+
+    def train_rows(self, cache_dir: str | Path) -> int | None:  # noqa: ARG002
+        """X_train's row count from its header inside the zip; None when unreadable (`load` says why)."""
+        if not self.path or not Path(self.path).is_file():
+            return None
+        try:
+            with zipfile.ZipFile(self.path) as zf:
+                header = _npy_header(zf, "X_train")
+        except Exception:  # not a zip, a damaged member: load() reports it
+            return None
+        return header[0][0] if header is not None and len(header[0]) >= 1 else None
 
     def load(self, cache_dir: str | Path) -> Dataset:
         self.check()
