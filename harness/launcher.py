@@ -2,18 +2,14 @@
 
 Used by the Hydra launcher plugin `hydra/launcher=ray` (hydra_plugins/winnow_ray_launcher). The driver
 composes every job's config, skips those whose config hash already has a FINISHED run (resume), and
-submits the rest as Ray tasks with the trial's resources. While it composes (in a thread), this thread
-starts Ray and warms one worker per trial slot up (imports, the trial's config checks), so neither Ray's
-start nor the workers' imports wait for the other. CPU trials reuse warm workers; a GPU trial gets a
-fresh one. Ray retries a task whose worker or node died (`max_retries`); a trial that raises is recorded
-FAILED by the trial itself and is not retried. After each trial the driver reads its MLflow record for the
-result line and ends any run a dead worker left RUNNING, so no run ever stays RUNNING (Ctrl-C included).
+submits the rest as Ray tasks with the trial's resources. Ray retries a task whose worker or node died
+(`max_retries`); a trial that raises is recorded FAILED by the trial itself and is not retried. After
+each trial the driver reads its MLflow record for the result line and ends any run a dead worker left
+RUNNING, so no run ever stays RUNNING (Ctrl-C included).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import os
 import signal
@@ -22,7 +18,6 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,12 +29,11 @@ from hydra.errors import CompactHydraException
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from harness.config import config_hash, validate
+from harness.config import config_hash
 from harness.errors import UserError, one_line
 from harness.launch_context import launch_context
 
 TAG_JOB = "sweep_job"  # "<sweep id>:<job index>": finds a job's runs, retried attempts included
-_worker_warm = False  # in a Ray worker: it was warmed up, or ran a trial, so a trial here pays no first imports
 
 
 class TrialsFailed(CompactHydraException):
@@ -84,13 +78,6 @@ def validate_launcher(params: DictConfig) -> None:
     address = params.address
     if address and not (address == "auto" or address.startswith("ray://") or ":" in address):
         raise bad("address", "null (start Ray here), auto, ray://host:port or host:port")
-    for name in params.warm_up:
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):  # its parent package is missing, or an empty name
-            found = False
-        if not found:
-            raise bad("warm_up", f"names of importable modules; no module named {name!r} here")
 
 
 def _guarded(task_function: TaskFunction) -> TaskFunction:
@@ -117,15 +104,11 @@ def run_job_in_worker(spec: JobSpec, task_function: TaskFunction, hydra_context:
         import torch
 
         torch.set_num_threads(spec.threads)
-        # A reused worker starts each trial as a fresh one would: a deterministic trial's setting must not carry over
-        torch.use_deterministic_algorithms(False)
     except ImportError:
         pass
-    global _worker_warm
     ctx = ray.get_runtime_context()
     tags = {**spec.context.get("tags", {}), "ray_node_id": ctx.get_node_id(), "worker_pid": os.getpid(),
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "launcher_task_start": task_start,
-            "launcher_warm_worker": str(_worker_warm).lower()}
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "launcher_task_start": task_start}
     setup_globals()
     Singleton.set_state(singleton_state)  # Hydra's plugin and config-store registry, as on the driver
     HydraConfig.instance().set_config(spec.config)
@@ -136,32 +119,9 @@ def run_job_in_worker(spec: JobSpec, task_function: TaskFunction, hydra_context:
     finally:
         if os.path.isdir(spec.cwd):  # undo a job's own chdir (hydra.job.chdir=true): the worker is reused
             os.chdir(spec.cwd)
-        _worker_warm = True
     if ret.status == JobStatus.COMPLETED:
         return TaskResult("COMPLETED", ret.return_value, None, ret.working_dir or "", task_start)
     return TaskResult("FAILED", None, one_line(ret._return_value), ret.working_dir or "", task_start)
-
-
-def warm_up_worker(modules: list[str], task_cfg: DictConfig, cwd: str) -> str | None:
-    """The body of a warm-up task: what a trial's first run in a fresh worker pays once (imports; the config checks,
-    which import the dataset source and torch's optimizer machinery and run the model once), paid while the driver
-    composes the sweep. Returns None, or one line when a module cannot be imported on this worker."""
-    import ray
-
-    global _worker_warm
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception as e:  # a node without the package (docs/cluster.md: the same environment everywhere)
-            return f"warm-up: a Ray worker on {ray.util.get_node_ip_address()} cannot import {name}: {one_line(e)}"
-    if os.path.isdir(cwd):
-        os.chdir(cwd)
-    try:  # on the sweep's base config: only to import what the trials' checks need; the trials check their own
-        validate(task_cfg, check_files=False)
-    except Exception:
-        pass
-    _worker_warm = True
-    return None
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -249,51 +209,22 @@ def _finished_hashes(uri: str, experiment: str) -> set[str]:
             return hashes
 
 
-def _connect(params: DictConfig) -> None:
-    """Connect to the configured cluster or start a local instance (unless this process is connected already)."""
+def _connect(params: DictConfig) -> bool:
+    """Connect to the configured cluster or start a local instance; True when this driver started it."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     kwargs: dict[str, Any] = {"log_to_driver": params.log_to_driver, "logging_level": "ERROR",
                               "configure_logging": True}
     if params.address:
         ray.init(address=params.address, **kwargs)
-        return
+        return True
     # address="local": always a new instance; a bare ray.init() would join any instance already running on this
     # machine (another sweep's, a test's), with its resources and its environment.
     local = {"address": "local", "include_dashboard": False, **OmegaConf.to_container(params.init, resolve=True)}
     ray.init(**local, **kwargs)
-
-
-def _warm_up(params: DictConfig, config: DictConfig, n_jobs: int) -> list[Any]:
-    """One warm-up task per trial slot (at most one per job), holding the trial's CPUs so that each lands on its own
-    worker, which the trials then reuse. None for GPU trials (each gets a fresh worker) or data-parallel ones (they
-    train in Ray Train's own processes). Memory is not reserved: a spare warm worker costs nothing but its RSS."""
-    import ray
-
-    workers = int(config.trainer.get("workers", 1)) if "trainer" in config else 1
-    if not params.warm_up or params.num_gpus > 0 or workers > 1:
-        return []
-    num_cpus = float(params.num_cpus)
-    slots = n_jobs if num_cpus == 0 else int(ray.cluster_resources().get("CPU", 0) // num_cpus)
-    base = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])  # defaults + non-swept overrides
-    remote = ray.remote(warm_up_worker).options(num_cpus=num_cpus, max_retries=0, name="warm-up")
-    return [remote.remote(list(params.warm_up), base, os.getcwd()) for _ in range(min(n_jobs, slots))]
-
-
-def _warm_up_line(ref: Any, seen: set[str]) -> str | None:
-    """A finished warm-up's failure as one line, each distinct one once; None when it went well or was said."""
-    import ray
-
-    try:
-        line = ray.get(ref)
-    except ray.exceptions.RayError as e:
-        line = f"warm-up: a Ray worker failed: {one_line(e)}"
-    if line is None or line in seen:
-        return None
-    seen.add(line)
-    return f"{line} (its trials import on their own)"
+    return True
 
 
 def _check_store_reachable(jobs: list[Job]) -> None:
@@ -373,27 +304,6 @@ def _on_sigint(handler: Any) -> Any:
     return signal.signal(signal.SIGINT, handler)
 
 
-def _plan(hydra_context: HydraContext, config: DictConfig, job_overrides: Sequence[Sequence[str]],
-          initial_job_idx: int, rerun_finished: bool) -> list[Job]:
-    """The driver's own work before any trial: compose every job, skip those resume or identity rule out, prepare
-    the datasets of the rest."""
-    jobs = _compose_jobs(hydra_context, config, job_overrides, initial_job_idx)
-    finished = {key: _finished_hashes(*key) for key in {(j.uri, j.experiment) for j in jobs}}
-    if not rerun_finished:
-        for j in jobs:
-            if j.chash in finished[(j.uri, j.experiment)]:
-                j.state, j.reason = "skipped", "a FINISHED run with this config hash exists"
-    # One trial per identity: `strategy=full` swept over fractions is the same trial each time.
-    first: dict[tuple, Job] = {}
-    for j in jobs:
-        key = (j.uri, j.experiment, j.chash)
-        if j.state == "pending" and key in first:
-            j.state, j.reason = "skipped", f"same config hash as job {first[key].idx}"
-        first.setdefault(key, j)
-    _prepare_datasets([j for j in jobs if j.state == "pending"])
-    return jobs
-
-
 def launch(hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig,
            job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
     import ray
@@ -404,46 +314,44 @@ def launch(hydra_context: HydraContext, task_function: TaskFunction, config: Dic
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
 
-    connected_before = ray.is_initialized()  # a caller's own connection (a test's): used, not shut down here
+    jobs = _compose_jobs(hydra_context, config, job_overrides, initial_job_idx)
+    finished = {key: _finished_hashes(*key) for key in {(j.uri, j.experiment) for j in jobs}}
+    if not params.rerun_finished:
+        for j in jobs:
+            if j.chash in finished[(j.uri, j.experiment)]:
+                j.state, j.reason = "skipped", "a FINISHED run with this config hash exists"
+    # One trial per identity: `strategy=full` swept over fractions is the same trial each time.
+    first: dict[tuple, Job] = {}
+    for j in jobs:
+        key = (j.uri, j.experiment, j.chash)
+        if j.state == "pending" and key in first:
+            j.state, j.reason = "skipped", f"same config hash as job {first[key].idx}"
+        first.setdefault(key, j)
+    todo = [j for j in jobs if j.state == "pending"]
+    _prepare_datasets(todo)
+
+    started_ray = _connect(params) if todo else False
     sweep_id = uuid.uuid4().hex[:8]
-    jobs: list[Job] = []
     pending: dict[Any, Job] = {}
     # Ctrl-C sets a flag that the wait loop polls, instead of raising wherever the main thread happens to be: a
     # KeyboardInterrupt raised inside library code that catches it (seen intermittently: the sweep then ran to
     # the end and exited 0) would lose the user's Ctrl-C.
     interrupted = threading.Event()
     previous = _on_sigint(lambda *_: interrupted.set())
-    # The plan runs in a thread while this one starts Ray (Ray ties the processes it starts to the thread that
-    # starts them) and warms its workers up; Ray is started even when resume then finds nothing left to run.
-    planner = ThreadPoolExecutor(1, thread_name_prefix="winnow-plan")
     try:
-        planned = planner.submit(_plan, hydra_context, config, job_overrides, initial_job_idx, params.rerun_finished)
-        _connect(params)
-        waiting: dict[Any, Job | None] = dict.fromkeys(_warm_up(params, config, len(job_overrides)))
-        jobs = planned.result()
-        if interrupted.is_set():  # Ctrl-C while planning: submit nothing
-            raise KeyboardInterrupt
-        todo = [j for j in jobs if j.state == "pending"]
         if todo:
             _check_store_reachable(todo)
             pending = _submit(todo, params, sweep_id, task_function, hydra_context)
-            waiting.update(pending)
         bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), unit="trial", dynamic_ncols=True,
                    file=sys.stderr, desc=f"sweep {sweep_id}")
-        warm_up_said: set[str] = set()
         with bar:
             while pending:
                 if interrupted.is_set():
                     raise KeyboardInterrupt
-                ready, _ = ray.wait(list(waiting), num_returns=1, timeout=POLL_S)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
                 if not ready:
                     continue
-                job = waiting.pop(ready[0])
-                if job is None:  # a warm-up: a failure is said once; the trials go on
-                    if line := _warm_up_line(ready[0], warm_up_said):
-                        bar.write(line)
-                    continue
-                del pending[ready[0]]
+                job = pending.pop(ready[0])
                 try:
                     job.result = ray.get(ready[0])
                     job.state = "finished" if job.result.status == "COMPLETED" else "failed"
@@ -454,15 +362,13 @@ def launch(hydra_context: HydraContext, task_function: TaskFunction, config: Dic
                 bar.write(f"[{bar.n + 1}/{len(jobs)}] {_result_line(job, run)}")
                 bar.update(1)
     except KeyboardInterrupt:
-        if jobs:
-            _cancel(pending, sweep_id)
-            print(_summary(jobs), flush=True)
+        _cancel(pending, sweep_id)
+        print(_summary(jobs), flush=True)
         raise
     finally:
         _on_sigint(previous)
-        if not connected_before and ray.is_initialized():
+        if started_ray:
             ray.shutdown()
-        planner.shutdown(wait=True, cancel_futures=True)
     if interrupted.is_set():  # Ctrl-C after the last trial came back: still an interrupted sweep
         print(_summary(jobs), flush=True)
         raise KeyboardInterrupt
@@ -481,11 +387,7 @@ def _submit(todo: list[Job], params: DictConfig, sweep_id: str, task_function: T
     fn = ray.put(task_function)
     ctx_ref = ray.put(context)
     state = ray.put(Singleton.get_state())
-    reused = ray.remote(run_job_in_worker)  # CPU trials: warm workers run one trial after another
-    # A GPU trial gets a fresh worker: a reused process keeps its CUDA context on its first trial's GPU whatever
-    # CUDA_VISIBLE_DEVICES Ray sets for the next (Ray's default for functions declared with GPUs; here set explicitly,
-    # since the GPUs are given per task).
-    fresh = ray.remote(max_calls=1)(run_job_in_worker)
+    remote = ray.remote(run_job_in_worker)
     cwd = os.getcwd()
     pending = {}
     for job in todo:
@@ -501,7 +403,6 @@ def _submit(todo: list[Job], params: DictConfig, sweep_id: str, task_function: T
         if ddp:
             spec_context["worker_resources"] = {"CPU": num_cpus, "GPU": num_gpus}
         spec = JobSpec(job.idx, job.overrides, job.config, cwd, max(1, int(num_cpus)), spec_context)
-        remote = fresh if opts["num_gpus"] > 0 else reused
         pending[remote.options(**opts).remote(spec, fn, ctx_ref, state)] = job
     return pending
 

@@ -8,7 +8,11 @@ Prints wall times, throughput ratio, each sweep's fixed costs (start-up: command
 MLflow run start; wind-down: the last run's end to the command's exit), and the launcher overhead per trial
 (Ray task start to trial start, i.e. to the MLflow run's start time), read back from the tracking store.
 
-    python scripts/bench_sweep.py [--trials 8] [--repeats 1]
+    python scripts/bench_sweep.py [--trials 8] [--repeats 1] [--standing]
+
+`--standing` adds a third sweep through the Ray launcher that joins a Ray instance started before the command
+(`ray start --head`, outside the timing; stopped after), as a sweep on a running cluster does: it shows what the
+local instance's start and shutdown cost the default sweep.
 """
 
 from __future__ import annotations
@@ -45,34 +49,54 @@ def runs(store: str):
     return mlflow.search_runs(experiment_names=["winnow"])
 
 
+PORT = 6391  # the standing instance's GCS port
+RAY_CLI = str(Path(sys.executable).parent / "ray")
+LAUNCHERS = {
+    "basic": (),
+    "ray": ("hydra/launcher=ray", "hydra.launcher.num_cpus=1"),
+    # the same Ray sweep joining a Ray instance that was up before the command (as on a cluster): no Ray start or
+    # shutdown in the sweep; its workers are still fresh processes that import the trial code
+    "ray-standing": ("hydra/launcher=ray", "hydra.launcher.num_cpus=1", f"hydra.launcher.address=127.0.0.1:{PORT}"),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--standing", action="store_true",
+                        help="also run the Ray sweep on a Ray instance started before it (`ray start --head`)")
     args = parser.parse_args()
     import torch
 
     from harness.data.sources import MNIST1D
 
+    kinds = ["basic", "ray", *(["ray-standing"] if args.standing else [])]
     with tempfile.TemporaryDirectory() as tmp:
         cache = f"{tmp}/cache"
         MNIST1D().load(cache)  # generate the dataset once, outside the timings
         for r in range(args.repeats):
-            basic_store, ray_store = f"sqlite:///{tmp}/basic{r}.db", f"sqlite:///{tmp}/ray{r}.db"
-            # Alternate which goes first, so load from others on this shared machine hits both alike.
-            order = ["basic", "ray"] if r % 2 == 0 else ["ray", "basic"]
+            store = {k: f"sqlite:///{tmp}/{k}{r}.db" for k in kinds}
+            # Rotate which goes first, so load from others on a shared machine hits all alike.
+            order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
             wall, times, load = {}, {}, {}
             for kind in order:
-                launcher = ("hydra/launcher=ray", "hydra.launcher.num_cpus=1") if kind == "ray" else ()
+                if kind == "ray-standing":  # started and stopped outside the timing
+                    subprocess.run([RAY_CLI, "start", "--head", f"--port={PORT}", f"--num-cpus={os.cpu_count()}",
+                                    "--include-dashboard=false", "--disable-usage-stats"], check=True,
+                                   capture_output=True)
                 before = os.getloadavg()[0]
-                wall[kind], *times[kind] = sweep(basic_store if kind == "basic" else ray_store, args.trials, cache,
-                                                 f"{tmp}/{kind}{r}", *launcher)
-                load[kind] = f"load avg {before:.1f} -> {os.getloadavg()[0]:.1f}"
-            found = {"basic": runs(basic_store), "ray": runs(ray_store)}
-            b, y = found["basic"], found["ray"]
-            assert len(b) == len(y) == args.trials and set(b.status) == set(y.status) == {"FINISHED"}
+                try:
+                    wall[kind], *times[kind] = sweep(store[kind], args.trials, cache, f"{tmp}/{kind}{r}",
+                                                     *LAUNCHERS[kind])
+                finally:
+                    if kind == "ray-standing":
+                        subprocess.run([RAY_CLI, "stop", "--force"], check=True, capture_output=True)
+                load[kind] = f"{kind} load avg {before:.1f} -> {os.getloadavg()[0]:.1f}"
+            found = {k: runs(store[k]) for k in kinds}
+            assert all(len(d) == args.trials and set(d.status) == {"FINISHED"} for d in found.values())
             span = {k: (d.end_time.max() - d.start_time.min()).total_seconds() for k, d in found.items()}
-            print(f"repeat {r} (order: {', '.join(order)}; basic {load['basic']}, ray {load['ray']}):")
+            print(f"repeat {r} (order: {', '.join(order)}; {', '.join(load[k] for k in order)}):")
             for kind, d in found.items():
                 start, end = times[kind]
                 print(f"  {kind} launcher {wall[kind]:.1f} s ({args.trials / wall[kind] * 60:.2f} trials/min, "
@@ -80,13 +104,15 @@ def main() -> None:
                       f"mean train_s {d['metrics.train_s'].mean():.1f}; "
                       f"start-up {d.start_time.min().timestamp() - start:.1f} s, "
                       f"wind-down {end - d.end_time.max().timestamp():.1f} s)")
-            print(f"  throughput ray/basic: end to end {wall['basic'] / wall['ray']:.2f}x, first trial start to last "
-                  f"trial end {span['basic'] / span['ray']:.2f}x ({span['basic']:.1f} s vs {span['ray']:.1f} s)")
-            overhead = sorted(t.timestamp() - float(s) for t, s in zip(y.start_time, y["tags.launcher_task_start"]))
-            warm = (y["tags.launcher_warm_worker"] == "true").sum() if "tags.launcher_warm_worker" in y else 0
-            print(f"  launcher overhead per trial (Ray task start -> trial start), s: median "
-                  f"{statistics.median(overhead):.2f}, max {max(overhead):.2f}, all "
-                  f"{' '.join(f'{o:.2f}' for o in overhead)}; {warm} of {len(y)} trials on a warm worker")
+            for kind in kinds[1:]:
+                print(f"  throughput {kind}/basic: end to end {wall['basic'] / wall[kind]:.2f}x, first trial start to "
+                      f"last trial end {span['basic'] / span[kind]:.2f}x ({span['basic']:.1f} s vs {span[kind]:.1f} s)")
+            for kind in kinds[1:]:
+                y = found[kind]
+                overhead = sorted(t.timestamp() - float(s) for t, s in zip(y.start_time, y["tags.launcher_task_start"]))
+                print(f"  {kind} overhead per trial (Ray task start -> trial start), s: median "
+                      f"{statistics.median(overhead):.2f}, max {max(overhead):.2f}, all "
+                      f"{' '.join(f'{o:.2f}' for o in overhead)}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"python {platform.python_version()}")
 

@@ -1,5 +1,5 @@
 """The Ray launcher (`hydra/launcher=ray`) through the real entry point: fault isolation, resume, retries
-after a dead worker, Ctrl-C, eight trials logging to one SQLite store at once, and warm workers.
+after a dead worker, Ctrl-C, and eight trials logging to one SQLite store at once.
 
 One Ray instance serves the module (a single-node `ray.cluster_utils.Cluster`); sweeps join it with
 `hydra.launcher.address`, except the concurrency test, which starts its own local instance (the default).
@@ -174,52 +174,10 @@ def test_eight_trials_logging_at_once_to_a_fresh_sqlite_store_lose_nothing(store
     assert overlap >= 2
 
 
-@pytest.mark.slow
-def test_warm_workers_run_trial_after_trial_each_with_its_own_config(ray_address, cache_dir, tmp_path):
-    # Two trial slots, four trials: each slot's worker is warmed up while the driver composes, then runs two trials.
-    # Each must train exactly as a one-at-a-time sweep does (both with one torch thread, as conftest sets).
-    stores = {kind: f"sqlite:///{tmp_path / kind}.db" for kind in ("ray", "basic")}
-    args = (*TINY, "seed=range(4)", f"cache_dir={cache_dir}")
-    ray_res = sweep(*args, "hydra.launcher.num_cpus=1", f"tracking.uri={stores['ray']}",
-                    f"hydra.sweep.dir={tmp_path / 'ray'}", address=ray_address)
-    assert ray_res.returncode == 0, ray_res.stderr
-    basic_res = run_cli("-m", *args, f"tracking.uri={stores['basic']}", f"hydra.sweep.dir={tmp_path / 'basic'}")
-    assert basic_res.returncode == 0, basic_res.stderr
-    ray_runs, basic_runs = runs_of(stores["ray"]), runs_of(stores["basic"])
-    assert len(ray_runs) == 4 and set(ray_runs["status"]) == {"FINISHED"}
-    assert (ray_runs["tags.launcher_warm_worker"] == "true").all()
-    assert ray_runs["tags.worker_pid"].nunique() <= 2  # the warm workers, reused
-    job = ray_runs["tags.sweep_job"].str.split(":").str[1].astype(int)
-    assert (ray_runs["params.seed"].astype(int) == job).all() and (ray_runs["tags.seed"].astype(int) == job).all()
-    by_seed = {kind: runs.set_index("params.seed")[["metrics.test_accuracy", "tags.selected_indices_sha256"]]
-               for kind, runs in (("ray", ray_runs), ("basic", basic_runs))}
-    assert by_seed["ray"].sort_index().equals(by_seed["basic"].sort_index())
-
-
-@pytest.mark.slow
-def test_a_failed_worker_warm_up_is_one_line_and_the_trials_still_run(store, cache_dir, tmp_path):
-    # A module that this driver finds but a worker cannot import (as on a node missing a package); a local instance,
-    # whose workers inherit this sweep's PYTHONPATH.
-    (tmp_path / "broken_in_workers.py").write_text('raise RuntimeError("no such driver on this node")\n')
-    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
-    res = run_cli("-m", "hydra/launcher=ray", *TINY, "seed=0,1",
-                  "hydra.launcher.warm_up=[harness.trial,broken_in_workers]",
-                  f"tracking.uri={store}", f"cache_dir={cache_dir}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                  env={"PYTHONPATH": path})
-    assert res.returncode == 0, res.stderr
-    said = [line for line in res.stdout.splitlines() if "warm-up" in line]
-    assert len(said) == 1, res.stdout  # both workers failed alike: said once
-    assert "cannot import broken_in_workers: RuntimeError: no such driver on this node" in said[0]
-    runs = runs_of(store)
-    assert len(runs) == 2 and set(runs["status"]) == {"FINISHED"}
-    assert "2 trials: 2 finished" in res.stdout
-
-
 @pytest.mark.parametrize("override, message", [
     ("hydra.launcher.num_gpus=1.5", "hydra.launcher.num_gpus=1.5: expected a fraction below 1 or a whole number"),
     ("hydra.launcher.num_cpus=-1", "hydra.launcher.num_cpus=-1.0: expected a number >= 0"),
     ("hydra.launcher.nosuch=1", "Key 'nosuch' not in 'RayLauncherConf'"),
-    ("hydra.launcher.warm_up=[harness.trial,harness.nosuch]", "no module named 'harness.nosuch' here"),
 ])
 def test_bad_launcher_values_stop_before_ray_starts(override, message, store):
     res = sweep("seed=0,1", override, f"tracking.uri={store}")

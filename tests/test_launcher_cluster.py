@@ -39,8 +39,6 @@ def test_eight_one_gpu_trials_use_both_nodes_and_one_gpu_each(two_gpu_nodes, sto
     # Each trial saw exactly one GPU id, one of its node's two.
     assert set(runs["tags.cuda_visible_devices"]) <= {"0", "1"}
     assert (runs["tags.device"] == "cpu").all()  # no real CUDA here: auto falls back to the CPU
-    # A fresh worker per GPU trial: a reused one would keep its first trial's CUDA context, whatever GPU Ray gives next
-    assert runs["tags.worker_pid"].nunique() == 8 and (runs["tags.launcher_warm_worker"] == "false").all()
 
     # Never more than four at once, and never two at once on the same GPU of the same node.
     spans = list(zip(runs["start_time"], runs["end_time"], runs["tags.ray_node_id"], runs["tags.cuda_visible_devices"]))

@@ -29,9 +29,6 @@ class RayLauncherConf:
     rerun_finished: bool = False  # true: also run trials whose config hash already has a FINISHED run
     log_to_driver: bool = False  # true: stream the workers' stdout/stderr to this console
     init: dict[str, Any] = field(default_factory=dict)  # extra ray.init() arguments for a local instance
-    # modules each CPU trial's worker imports while the driver composes the sweep, before the trial's config checks
-    # on the sweep's base config; the defaults are the trial and MLflow's database store; [] turns the warm-up off
-    warm_up: list[str] = field(default_factory=lambda: ["harness.trial", "mlflow.store.tracking.sqlalchemy_store"])
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="ray", node=RayLauncherConf)
