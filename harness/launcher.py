@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -218,13 +219,40 @@ def _connect(params: DictConfig) -> bool:
     kwargs: dict[str, Any] = {"log_to_driver": params.log_to_driver, "logging_level": "ERROR",
                               "configure_logging": True}
     if params.address:
-        ray.init(address=params.address, **kwargs)
+        _join(ray, str(params.address), kwargs)
         return True
     # address="local": always a new instance; a bare ray.init() would join any instance already running on this
     # machine (another sweep's, a test's), with its resources and its environment.
     local = {"address": "local", "include_dashboard": False, **OmegaConf.to_container(params.init, resolve=True)}
     ray.init(**local, **kwargs)
     return True
+
+
+CONNECT_TIMEOUT_S = 5.0  # a cluster's GCS or Ray Client port answers at once; Ray itself retries for minutes
+
+
+def _join(ray: Any, address: str, kwargs: dict[str, Any]) -> None:
+    """Joins the cluster at `address`, or stops with one line naming hydra.launcher.address and what was wrong."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if host and port.isdigit():  # not `auto`, not a Ray Client address left to its default port
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        except OSError as e:
+            raise UserError(f"hydra.launcher.address={address}: no Ray cluster answers there ({one_line(e)}); "
+                            "expected the address `ray start --head` printed") from None
+    try:
+        ray.init(address=address, **kwargs)
+    except ConnectionError as e:
+        # Ray 2.60 wraps the refusal as text: ConnectionError <- RuntimeError("... AuthenticationError ...").
+        chain, cause = [], e
+        while cause is not None:
+            chain.append(cause)
+            cause = cause.__cause__
+        if not any("InvalidAuthToken" in str(c) or isinstance(c, ray.exceptions.AuthenticationError) for c in chain):
+            raise UserError(f"hydra.launcher.address={address}: {one_line(e)}") from None
+        # Ray sends its token to an explicitly given address only when told to (docs/cluster.md, token auth).
+        raise UserError(f"hydra.launcher.address={address}: the cluster wants a token; export RAY_AUTH_MODE=token "
+                        "with the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN") from None
 
 
 def _check_store_reachable(jobs: list[Job]) -> None:

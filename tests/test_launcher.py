@@ -186,6 +186,50 @@ def test_bad_launcher_values_stop_before_ray_starts(override, message, store):
     assert res.returncode == 2 and len(lines) == 1 and message in lines[0], res.stderr
 
 
+@pytest.mark.slow
+def test_an_address_where_no_cluster_answers_stops_the_sweep_with_one_line(store):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        free = f"127.0.0.1:{s.getsockname()[1]}"
+    res = sweep("seed=0,1", *TINY, f"tracking.uri={store}", address=free)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert lines[0].startswith(f"winnow: error: hydra.launcher.address={free}: no Ray cluster answers there")
+    assert runs_of(store).empty  # no trial ran
+
+
+def test_a_cluster_that_wants_a_token_the_driver_does_not_send_says_what_to_set():
+    """Ray (2.60) refuses a driver without the token this way: a ConnectionError caused by a RuntimeError whose text
+    holds the AuthenticationError's traceback (seen against `ray start` with a token file and a driver given its
+    address without RAY_AUTH_MODE=token)."""
+    import socket
+    import types
+
+    import ray.exceptions
+
+    from harness.errors import UserError
+    from harness.launcher import _join
+
+    def refuse(**_):
+        try:
+            raise RuntimeError("Failed to connect to GCS. Last connection error: Traceback (most recent call last):\n"
+                               "ray.exceptions.AuthenticationError: RPC error: InvalidAuthToken: Authentication token "
+                               "is missing or incorrect.")
+        except RuntimeError as gcs:
+            raise ConnectionError("Failed to connect to Ray cluster at 192.0.2.2:6391") from gcs
+
+    with socket.socket() as s:  # the cluster's port answers: the refusal comes from Ray, after the connection
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+        fake_ray = types.SimpleNamespace(init=refuse, exceptions=ray.exceptions)
+        with pytest.raises(UserError, match=rf"^hydra.launcher.address={address}: the cluster wants a token; "
+                                            r"export RAY_AUTH_MODE=token"):
+            _join(fake_ray, address, {})
+
+
 def _load_mnist1d(cache: str) -> str:
     from harness.data.sources import MNIST1D
 

@@ -47,7 +47,11 @@ class RayLauncher(Launcher):
         self.task_function = task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from harness.errors import UserError, exit_user_error
         from harness.launcher import launch  # ray, mlflow and tqdm only when a sweep actually launches
 
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
-        return launch(self.hydra_context, self.task_function, self.config, job_overrides, initial_job_idx)
+        try:
+            return launch(self.hydra_context, self.task_function, self.config, job_overrides, initial_job_idx)
+        except UserError as e:  # the sweep's own input (a trial's bad input fails that trial only): one line, exit 2
+            exit_user_error("winnow", e)
