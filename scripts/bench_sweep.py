@@ -30,12 +30,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def sweep(store: str, n: int, cache: str, sweep_dir: str, *launcher: str) -> tuple[float, float, float]:
+def sweep(store: str, n: int, cache: str, sweep_dir: str, *launcher: str,
+          env: dict[str, str] | None = None) -> tuple[float, float, float]:
     """Runs one sweep; returns its wall time and its start and end (epoch seconds, as MLflow's run times)."""
     cmd = [sys.executable, "-m", "harness.run", "-m", *launcher, f"seed=range({n})", f"tracking.uri={store}",
            f"cache_dir={cache}", f"hydra.sweep.dir={sweep_dir}"]
     start, epoch_start = time.perf_counter(), time.time()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"sweep failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
@@ -51,6 +52,9 @@ def runs(store: str):
 
 PORT = 6391  # the standing instance's GCS port
 RAY_CLI = str(Path(sys.executable).parent / "ray")
+# The standing instance with token authentication, as docs/cluster.md advises: Ray (2.60) turns it on for `ray start`
+# only where a token file exists, and a driver given an explicit address sends the token only with this set.
+TOKEN_ENV = {**os.environ, "RAY_AUTH_MODE": "token"}
 LAUNCHERS = {
     "basic": (),
     "ray": ("hydra/launcher=ray", "hydra.launcher.num_cpus=1"),
@@ -82,13 +86,16 @@ def main() -> None:
             wall, times, load = {}, {}, {}
             for kind in order:
                 if kind == "ray-standing":  # started and stopped outside the timing
+                    subprocess.run([RAY_CLI, "get-auth-token", "--generate"], check=True, capture_output=True,
+                                   env=TOKEN_ENV)
                     subprocess.run([RAY_CLI, "start", "--head", f"--port={PORT}", f"--num-cpus={os.cpu_count()}",
                                     "--include-dashboard=false", "--disable-usage-stats"], check=True,
-                                   capture_output=True)
+                                   capture_output=True, env=TOKEN_ENV)
                 before = os.getloadavg()[0]
+                env = TOKEN_ENV if kind == "ray-standing" else None
                 try:
                     wall[kind], *times[kind] = sweep(store[kind], args.trials, cache, f"{tmp}/{kind}{r}",
-                                                     *LAUNCHERS[kind])
+                                                     *LAUNCHERS[kind], env=env)
                 finally:
                     if kind == "ray-standing":
                         subprocess.run([RAY_CLI, "stop", "--force"], check=True, capture_output=True)
