@@ -12,7 +12,8 @@ MLflow run start; wind-down: the last run's end to the command's exit), and the 
 
 `--standing` adds a third sweep through the Ray launcher that joins a Ray instance started before the command
 (`ray start --head`, outside the timing; stopped after), as a sweep on a running cluster does: it shows what the
-local instance's start and shutdown cost the default sweep.
+local instance's start and shutdown cost the default sweep. Stopping it is `ray stop --force`, which stops every Ray
+instance of this machine: run it where no other Ray work is running (a benchmark wants a quiet machine anyway).
 """
 
 from __future__ import annotations
