@@ -40,4 +40,9 @@ def on_device(x: np.ndarray | FileRows, device: torch.device,
     """Rows `indices` (None: all) of `x` for training on `device`: a device tensor, or HostRows for rows in a file."""
     if isinstance(x, FileRows):
         return HostRows(x if indices is None else x.subset(indices), device)
+    if device.type != "cpu" and indices is not None and len(indices) == len(x) and \
+            np.array_equal(indices, np.arange(len(x))):
+        # The whole set in order (a full-data trial): gathering it on the host first would copy it twice. Not on the
+        # CPU, where the tensor would then share memory with the dataset instead of being the trial's own copy.
+        indices = None
     return torch.from_numpy(x if indices is None else x[indices]).to(device)

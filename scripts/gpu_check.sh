@@ -16,12 +16,13 @@ cd "$REPO_ROOT"
 PACK=.whl/winnow-gpu-site.tar.xz
 
 # Winnow's dependencies (and theirs) that the GPU machines' image does not have (device KINDS.md's package list);
-# mlflow-skinny is MLflow's client and SQLite store without the UI, which the trials do not need.
+# mlflow-skinny is MLflow's client and SQLite store without the UI, which the trials do not need (its SQLite store
+# imports cryptography, a dependency of the full mlflow package only).
 GPU_MISSING="hydra-core omegaconf antlr4-python3-runtime mnist1d faiss-cpu ray jsonschema referencing rpds-py
   jsonschema-specifications mlflow-skinny mlflow-tracing sqlalchemy alembic mako sqlparse opentelemetry-api
   opentelemetry-sdk opentelemetry-semantic-conventions opentelemetry-proto pydantic pydantic-core annotated-types
   typing-inspection cachetools databricks-sdk google-auth pyasn1 pyasn1-modules importlib-metadata gitpython gitdb
-  smmap python-dotenv fastapi starlette uvicorn"
+  smmap python-dotenv fastapi starlette uvicorn cryptography cffi pycparser"
 
 pack() {
   # shellcheck source=scripts/setup_env.sh
@@ -40,8 +41,17 @@ pack() {
     $(printf '%s\n' $pins | grep -v '^antlr4-python3-runtime==')
   python -m pip install --quiet --no-deps --no-compile --only-binary=:all: "${target[@]}" --target "$tmp/site" \
     "$tmp"/whl/*.whl
-  rm -rf "$tmp/site/ray/jars" "$tmp/site/bin"
+  # What a device call cannot afford to carry (its 64 MiB hold the tracked tree too): Ray's Java jar, its libraries
+  # Winnow never imports (RLlib, Serve, LLM, Workflow) and its dashboard's web UI (never served: the launcher starts
+  # Ray without a dashboard); and the symbol tables of the largest binaries, which running them does not need (a
+  # sweep and a data-parallel trial ran with all of this removed and stripped)
+  rm -rf "$tmp/site/ray/jars" "$tmp/site/bin" "$tmp/site/ray/"{rllib,serve,llm,workflow} \
+    "$tmp/site/ray/dashboard/client/build"
   find "$tmp/site" -name '*.js.map' -delete
+  if command -v strip >/dev/null; then
+    strip --strip-unneeded "$tmp/site/ray/_raylet.so" "$tmp/site/ray/core/src/ray/gcs/gcs_server" \
+      "$tmp/site/ray/core/src/ray/raylet/raylet" "$tmp/site/cryptography/hazmat/bindings/_rust.abi3.so"
+  fi
   mkdir -p .whl
   XZ_OPT="-9 -T0" tar -C "$tmp/site" -cJf "$PACK" .
   local tree_kib pack_kib
@@ -49,17 +59,23 @@ pack() {
   pack_kib="$(du -k "$PACK" | cut -f1)"
   echo "gpu_check: wrote $PACK ($((pack_kib / 1024)) MiB; with the tracked tree, $(((pack_kib + tree_kib) / 1024)) MiB" \
        "of the 64 MiB a device call carries)"
+  if [ $((pack_kib + tree_kib)) -gt $((64 * 1024)) ]; then
+    echo "gpu_check: too large for a device call: the tracked tree is $((tree_kib / 1024)) MiB" \
+         "(experiments/*/report the most); carry less or make the tree smaller" >&2
+    return 1
+  fi
 }
 
 if [ "${1:-}" = pack ]; then
   pack
-  exit 0
+  exit
 fi
 
 out="${1:-${OUT:-gpu_check_out}}"
 [ $# -gt 0 ] && shift
-# the packed dependencies only for a machine's own Python 3.12 with PyTorch (not inside a project environment)
-if [ -f "$PACK" ] && [ -z "${VIRTUAL_ENV:-}" ] && \
+# the packed dependencies only for a machine's own Python 3.12 with PyTorch (not inside this project's environment;
+# the GPU image's own python3 lives in a virtualenv, which may be active)
+if [ -f "$PACK" ] && [ "${VIRTUAL_ENV:-}" != "$REPO_ROOT/.venv" ] && \
    python3 -c 'import sys, torch; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null; then
   site=/tmp/winnow-gpu-site
   if [ ! -f "$site/.unpacked" ] || [ "$PACK" -nt "$site/.unpacked" ]; then

@@ -23,7 +23,7 @@ from harness.data.rows import FileRows
 from harness.data.sources import Digits
 from harness.data.validation import split_validation
 from harness.errors import UserError
-from harness.host_rows import HostRows
+from harness.host_rows import HostRows, on_device
 from harness.models import MLP
 from harness.train import train
 from strategies import Selection
@@ -266,3 +266,14 @@ def test_batches_reach_the_gpu_intact_and_train_as_in_memory(tmp_path):
         out = train(model, source, Selection(np.arange(len(d0.y_train))), trainer_cfg(epochs=3), 0, device)
         accuracies.append(out.final_test_accuracy)
     assert accuracies[0] > 0.85 and abs(accuracies[0] - accuracies[1]) <= 0.01  # same batches; GPU kernels may differ
+
+
+def test_a_full_in_order_selection_is_the_trials_own_copy_on_the_cpu_and_whole_elsewhere():
+    """A full-data trial skips the host gather off the CPU (one copy to the device, not two); on the CPU it still
+    gathers, since the training tensor would otherwise share memory with the dataset."""
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    cpu = on_device(x, torch.device("cpu"), np.arange(6))
+    cpu[0, 0] = -1.0
+    assert x[0, 0] == 0.0 and torch.equal(cpu[1:], torch.from_numpy(x[1:]))
+    assert on_device(x, torch.device("meta"), np.arange(6)).shape == (6, 2)  # meta: a device without data
+    assert on_device(x, torch.device("meta"), np.array([5, 0])).shape == (2, 2)
