@@ -464,6 +464,9 @@ def _rank_main(rank: int, world: int, store: str, out_dir: str) -> None:
                              "masks": [keep for *_, keep in stage.masks],
                              "backpropagated": out.samples_backpropagated, "seen": out.samples_seen}
         Path(out_dir, f"rank{rank}.pkl").write_bytes(pickle.dumps(results))
+        # both ranks tear gloo down together: a rank that destroys its group while its peer still talks to it
+        # aborts now and then (SIGABRT, "terminate called without an active exception")
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 
