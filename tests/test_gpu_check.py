@@ -64,6 +64,27 @@ def test_a_failing_or_overrunning_part_is_recorded_and_the_others_still_run(tmp_
     assert "| p | broken | failed |" in (tmp_path / "gpu_check.md").read_text()
 
 
+
+def test_results_files_hold_every_finished_part_when_the_run_is_stopped_midway(tmp_path):
+    """A device call stopped at its time limit kills the check mid-part: the files written after the last finished
+    part must be there, complete, with its figures (the second H200 run came back with printed lines only)."""
+    env = gpu_check.environment()
+
+    def first(ctx, res):
+        res.figures["x"] = 7
+
+    def killed(ctx, res):  # what the call's time limit does to the process, short of killing pytest
+        raise KeyboardInterrupt
+
+    ctx = gpu_check.Ctx(torch.device("cpu"), True, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        gpu_check.run_parts([("a", "first", 10, first), ("b", "killed", 10, killed)], ctx,
+                            after_each=lambda done: gpu_check.write_results(tmp_path, env, done, True))
+    assert {k: p["status"] for k, p in results(tmp_path).items()} == {"a": "ok"}
+    assert results(tmp_path)["a"]["figures"] == {"x": 7}
+    assert "| a | first | ok |" in (tmp_path / "gpu_check.md").read_text()
+    assert not list(tmp_path.glob("*.tmp"))
+
 @pytest.mark.slow
 @needs_no_gpu
 def test_the_shell_wrapper_runs_the_cpu_path_and_the_ray_parts_run_with_a_simulated_gpu(tmp_path):
