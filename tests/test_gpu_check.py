@@ -64,7 +64,6 @@ def test_a_failing_or_overrunning_part_is_recorded_and_the_others_still_run(tmp_
     assert "| p | broken | failed |" in (tmp_path / "gpu_check.md").read_text()
 
 
-
 def test_results_files_hold_every_finished_part_when_the_run_is_stopped_midway(tmp_path):
     """A device call stopped at its time limit kills the check mid-part: the files written after the last finished
     part must be there, complete, with its figures (the second H200 run came back with printed lines only)."""
@@ -84,6 +83,7 @@ def test_results_files_hold_every_finished_part_when_the_run_is_stopped_midway(t
     assert results(tmp_path)["a"]["figures"] == {"x": 7}
     assert "| a | first | ok |" in (tmp_path / "gpu_check.md").read_text()
     assert not list(tmp_path.glob("*.tmp"))
+
 
 @pytest.mark.slow
 @needs_no_gpu
