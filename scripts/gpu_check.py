@@ -534,10 +534,13 @@ def environment() -> dict[str, Any]:
 
 
 def write_results(out: Path, env: dict[str, Any], results: list[Result], tiny: bool) -> None:
+    """Rewritten after every part: a call stopped mid-write leaves the previous part's complete files."""
+    from harness.data.base import atomic_write_text
+
     out.mkdir(parents=True, exist_ok=True)
     doc = {"environment": env, "tiny": tiny, "total_s": round(sum(r.seconds for r in results), 1),
            "parts": [r.__dict__ for r in results]}
-    replace_text(out / "gpu_check.json", json.dumps(doc, indent=2, default=str) + "\n")
+    atomic_write_text(out / "gpu_check.json", json.dumps(doc, indent=2, default=str) + "\n")
     lines = [f"# gpu_check ({env['date']})", "",
              f"GPU: {env['gpu'] or 'none'}; torch {env['torch']} (CUDA {env['cuda']}); Python {env['python']}; "
              f"{env['cpu_cores']} CPU cores; commit {env['git_commit']}{'; tiny sizes' if tiny else ''}; "
@@ -551,14 +554,7 @@ def write_results(out: Path, env: dict[str, Any], results: list[Result], tiny: b
     for r in results:
         figures = {k: v for k, v in r.figures.items() if k != "traceback_tail"}
         lines.append(f"- **{r.part}** {json.dumps(figures, default=str)}" + (f" error: `{r.error}`" if r.error else ""))
-    replace_text(out / "gpu_check.md", "\n".join(lines) + "\n")
-
-
-def replace_text(path: Path, text: str) -> None:
-    """Written beside, then renamed: a call stopped mid-write leaves the previous part's complete file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(out / "gpu_check.md", "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,6 +76,19 @@ def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
         raise
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def make_dataset(name: str, x_train, y_train, x_test, y_test, num_classes: int | None = None) -> Dataset:
     """Cast to the harness's dtypes, fingerprint the result."""
     x_train = np.ascontiguousarray(x_train, dtype=np.float32)

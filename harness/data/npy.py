@@ -13,13 +13,12 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from harness.data.base import Dataset, fingerprint
+from harness.data.base import Dataset, atomic_write_text, fingerprint
 from harness.data.rows import FileRows
 from harness.data.sources import Source
 from harness.errors import UserError
@@ -122,19 +121,6 @@ def content_digest(key: str, path: str, h: Header) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write beside `path`, then rename: a concurrent trial never reads half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class NPY(Source):
     """X and y of each split as .npy files (labels 0..C-1). X is read a batch at a time (`in_memory: false`, the
     default: for sets larger than memory) or whole (`in_memory: true`); both give the same data and fingerprint."""
@@ -197,7 +183,7 @@ class NPY(Source):
         except (OSError, ValueError, KeyError):  # absent (or unreadable: hashed again)
             pass
         digest = content_digest(key, str(path), header)
-        _atomic_write_text(cache, json.dumps({**ident, "digest": digest}))
+        atomic_write_text(cache, json.dumps({**ident, "digest": digest}))
         return digest, True
 
     def prepare(self, cache_dir: str | Path) -> bool:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from harness.data import Dataset, atomic_save_npz
+from harness.data import Dataset, atomic_save_npz, atomic_write_text
 from harness.data.rows import FileRows
 from harness.errors import UserError
 from harness.signals import DATA_SIGNALS, IN_MEMORY_SIGNALS, PROBE_SIGNALS, rows_in_file_message
@@ -78,10 +77,9 @@ class ProbeRecord:
             stage_s = meter.seconds.get("probe", 0.0)
             share = min(1.0, self.train_s / stage_s) if stage_s > 0 else 1.0
             energy = {k: v * share for k, v in meter.stage_energy_j("probe").items()}
-            tmp = self.cost_path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"probe_s": min(self.train_s, stage_s) if stage_s > 0 else self.train_s,
-                                       "probe_energy_j": energy}))
-            os.replace(tmp, self.cost_path)  # atomic: concurrent trials never read half a file
+            # atomic: concurrent trials never read half a file
+            atomic_write_text(self.cost_path, json.dumps({
+                "probe_s": min(self.train_s, stage_s) if stage_s > 0 else self.train_s, "probe_energy_j": energy}))
         elif self.cost_path.exists():
             cost = json.loads(self.cost_path.read_text())
             meter.charge("probe_cached", cost["probe_s"], cost["probe_energy_j"])
